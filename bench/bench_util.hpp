@@ -1,0 +1,123 @@
+// Benchmark support: a reporter that prints each variant as a ratio to the baseline measured in the
+// same run (these machines are shared and noisy), and the machine's measured FMA peak.
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "engram/core/parallel.hpp"
+#include "engram/core/simd.hpp"
+
+namespace engram::bench {
+
+/// Benchmarks are named "family:variant/args". For every family/args that has a variant named
+/// "baseline", the reporter prints baseline_time / variant_time (> 1 means faster than baseline),
+/// using the median over repetitions. Runs with a "GFLOPs" counter and a "threads" counter are also
+/// shown as a fraction of the FMA peak measured in the same run ("fma_peak:..." benchmarks).
+class RatioReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& r : runs) {
+      if (r.error_occurred || r.run_type != Run::RT_Iteration) continue;
+      Entry& e = entries_[r.benchmark_name()];
+      e.times.push_back(r.GetAdjustedRealTime());
+      for (const auto& [name, counter] : r.counters) e.counters[name].push_back(counter.value);
+    }
+  }
+
+  void Finalize() override {
+    ConsoleReporter::Finalize();
+    std::map<std::string, double> peak_by_threads;
+    for (auto& [name, e] : entries_)
+      if (name.rfind("fma_peak:", 0) == 0 && e.counters.count("GFLOPs") && e.counters.count("threads"))
+        peak_by_threads[std::to_string(int(median(e.counters["threads"])))] = median(e.counters["GFLOPs"]);
+    std::printf("\n%-48s %12s %10s %10s\n", "benchmark (median)", "time", "vs base", "of peak");
+    for (auto& [name, e] : entries_) {
+      const auto colon = name.find(':');
+      const auto slash = name.find('/', colon);
+      std::string ratio = "-", peak = "-";
+      if (colon != std::string::npos) {
+        const std::string family = name.substr(0, colon);
+        const std::string args = slash == std::string::npos ? "" : name.substr(slash);
+        const auto base = entries_.find(family + ":baseline" + args);
+        if (base != entries_.end() && base->first != name) ratio = fmt(median(base->second.times) / median(e.times), "x");
+      }
+      if (e.counters.count("GFLOPs") && e.counters.count("threads")) {
+        const auto p = peak_by_threads.find(std::to_string(int(median(e.counters["threads"]))));
+        if (p != peak_by_threads.end() && name.rfind("fma_peak:", 0) != 0)
+          peak = fmt(100.0 * median(e.counters["GFLOPs"]) / p->second, "%");
+      }
+      std::printf("%-48s %12.4g %10s %10s\n", name.c_str(), median(e.times), ratio.c_str(), peak.c_str());
+    }
+  }
+
+ private:
+  struct Entry {
+    std::vector<double> times;
+    std::map<std::string, std::vector<double>> counters;
+  };
+  static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[v.size() / 2];
+  }
+  static std::string fmt(double x, const char* unit) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.2f%s", x, unit);
+    return buf;
+  }
+  std::map<std::string, Entry> entries_;
+};
+
+/// GFLOP/s counter from a FLOP count per iteration.
+inline benchmark::Counter gflops(double flops_per_iteration) {
+  return benchmark::Counter(flops_per_iteration * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+/// Single-precision FMA throughput with 16 independent register accumulators (enough chains to hide
+/// the 4-cycle latency on both FMA ports), on `threads` threads: the machine's practical peak.
+inline void fma_peak(benchmark::State& state) {
+  const int threads = int(state.range(0));
+  using B = simd::batch<float>;
+  constexpr int kChains = 16;
+  constexpr long kSteps = 1 << 16;
+  set_num_threads(threads);
+  for (auto _ : state) {
+    float sink = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+    {
+      B acc[kChains];
+      for (int i = 0; i < kChains; ++i) acc[i] = B(float(i) * 1e-3f);
+      const B a(0.999999f), b(1e-7f);
+      for (long s = 0; s < kSteps; ++s)
+        for (int i = 0; i < kChains; ++i) acc[i] = xsimd::fma(acc[i], a, b);
+      for (int i = 1; i < kChains; ++i) acc[0] += acc[i];
+      sink += simd::reduce_add(acc[0]);
+    }
+    benchmark::DoNotOptimize(sink);
+  }
+  state.counters["GFLOPs"] = gflops(2.0 * kChains * B::size * kSteps * threads);
+  state.counters["threads"] = threads;
+}
+
+inline void register_fma_peak(int max_threads) {
+  for (int t = 1; t <= max_threads; ++t)
+    benchmark::RegisterBenchmark(("fma_peak:t" + std::to_string(t)).c_str(), fma_peak)->Arg(t)->UseRealTime();
+}
+
+/// main(): runs the registered benchmarks through the ratio reporter.
+inline int run(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  RatioReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  return 0;
+}
+
+}  // namespace engram::bench

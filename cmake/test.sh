@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The README's test command: installs what is missing, then builds and runs the normal suite, the
+# ASan+UBSan suite, the AVX2-only suite, and the install + find_package(engram) consumer check.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash cmake/bootstrap.sh
+
+jobs="$(nproc)"
+build="${ENGRAM_BUILD_DIR:-$root/build}"
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+suite() {  # name, extra cmake args...
+  local name="$1"
+  shift
+  step "suite $name: configure + build"
+  cmake -S . -B "$build/$name" -G Ninja "$@" >/dev/null
+  cmake --build "$build/$name" -j "$jobs"
+  step "suite $name: run"
+  ctest --test-dir "$build/$name" -j "$jobs" --output-on-failure --timeout 600
+}
+
+# 1. normal: optimised, -march=native; also builds every benchmark and example (and smoke-runs the examples).
+suite release -DCMAKE_BUILD_TYPE=Release
+# 2. AddressSanitizer + UndefinedBehaviorSanitizer (tests only).
+suite asan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O1 -DENGRAM_SANITIZE=ON -DENGRAM_BUILD_BENCH=OFF -DENGRAM_BUILD_EXAMPLES=OFF
+# 3. AVX2-only instruction set, so the 8-lane SIMD paths run too (tests only).
+suite avx2 -DCMAKE_BUILD_TYPE=Release -DENGRAM_NATIVE=OFF -DENGRAM_ARCH=x86-64-v3 -DENGRAM_BUILD_BENCH=OFF -DENGRAM_BUILD_EXAMPLES=OFF
+
+# 4. install to a temporary prefix and build a separate project against it with find_package.
+step "install + consumer"
+prefix="$(mktemp -d)"
+trap 'rm -rf "$prefix"' EXIT
+cmake --install "$build/release" --prefix "$prefix/usr" >/dev/null
+cmake -S tests/consumer -B "$prefix/consumer-build" -G Ninja -DCMAKE_PREFIX_PATH="$prefix/usr" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$prefix/consumer-build"
+"$prefix/consumer-build/consumer"
+
+step "all suites passed"

@@ -1,0 +1,489 @@
+// Fused attention with online softmax (never materialises the Tq x Tk score matrix): MHA and GQA,
+// causal / reverse-causal / bidirectional / custom masks, a query offset, and an optional sink that
+// receives the exact post-softmax probabilities averaged over each GQA group.
+#pragma once
+
+#include <cmath>
+#include <limits>
+#include <span>
+#include <vector>
+
+#include "engram/core/flops.hpp"
+#include "engram/core/ops.hpp"
+#include "engram/core/parallel.hpp"
+#include "engram/core/simd.hpp"
+#include "engram/core/tensor.hpp"
+#include "engram/core/workspace.hpp"
+
+ENGRAM_NAMESPACE_BEGIN
+
+/// Which keys a query sees. Indices are cache rows; query i has index offset + i among the keys.
+enum class MaskKind {
+  causal,          ///< key j visible iff j <= offset + i
+  reverse_causal,  ///< key j visible iff j >= offset + i (NAMM's backward-masked scorer)
+  none,            ///< every key visible (bidirectional encoders)
+  custom           ///< an explicit [Tq, Tk] mask, nonzero = visible
+};
+
+/// Receives post-softmax probability tiles. For each KV head, tiles arrive in increasing query
+/// order, at most kSinkRows queries at a time; different KV heads may be delivered concurrently
+/// from different threads (never the same KV head twice at once).
+template <class T>
+class ProbabilitySink {
+ public:
+  virtual ~ProbabilitySink() = default;
+  /// probs: [n_rows, Tk_h] probabilities of queries q_begin .. q_begin + n_rows - 1, averaged over
+  /// the query heads of `kv_head`; masked entries are 0.
+  virtual void consume(Index kv_head, Index q_begin, ConstView<T> probs) = 0;
+};
+
+/// Query rows per sink tile: one NAMM hop (16 queries).
+inline constexpr Index kSinkRows = 16;
+
+/// Arguments of attention(). Shapes: q and out [Tq, n_heads * head_dim] (head h in columns
+/// h*d .. h*d+d-1); k[h], v[h] [Tk_h, head_dim] for each of the n_kv_heads = k.size() KV heads.
+/// Query head h reads KV head h / (n_heads / n_kv_heads). `out` may alias `q`.
+template <class T>
+struct AttentionInput {
+  ConstView<T> q;
+  std::span<const ConstView<T>> k;
+  std::span<const ConstView<T>> v;
+  View<T> out;
+  Index n_heads = 0;
+  Index head_dim = 0;
+  T scale = T(0);                         ///< 0 means 1 / sqrt(head_dim)
+  MaskKind mask = MaskKind::causal;
+  Index offset = -1;                      ///< index of query 0 among the keys; -1: Tk_h - Tq (causal), 0 otherwise
+  ConstView<std::uint8_t> custom_mask;    ///< [Tq, Tk] for MaskKind::custom
+  ProbabilitySink<T>* sink = nullptr;     ///< optional; costs one extra strip buffer, no extra FLOPs
+};
+
+namespace attention_detail {
+
+template <class T>
+using B = simd::batch<T>;
+template <class T>
+inline constexpr Index W = simd::width<T>;
+/// Keys per block: four registers, so a row of the score tile is four accumulators.
+template <class T>
+inline constexpr Index kKeyBlock = 4 * W<T>;
+/// Rows of a register tile. 4 rows x 4 registers = 16 accumulators need the 32 registers of
+/// AVX-512; with 16 registers (AVX2) 2 rows leave room for the operands.
+template <class T>
+inline constexpr int kTileRows = (W<T> * sizeof(T) >= 64) ? 4 : 2;
+/// Queries per task on the tiled path: the score tile (64 x kKeyBlock) stays in L1.
+inline constexpr Index kQueryBlock = 64;
+/// Below this many queries per head, transposing K costs more than it saves: use row dots.
+inline constexpr Index kTiledMinQueries = 16;
+
+struct ScratchTag {};
+
+/// Visible key range [lo, hi) of one query inside the key block [j0, j0 + bc).
+struct Visible {
+  Index lo, hi;
+};
+
+template <class T>
+struct Plan {
+  const AttentionInput<T>& in;
+  Index n_kv, group, d, d_pad, n_q;
+  T scale;
+  Index offset(Index kv) const {
+    if (in.offset >= 0) return in.offset;
+    return in.mask == MaskKind::causal ? in.k[kv].rows() - n_q : 0;
+  }
+  Visible visible(Index kv, Index qi, Index j0, Index bc) const {
+    const Index pos = offset(kv) + qi;
+    switch (in.mask) {
+      case MaskKind::causal: return {0, std::clamp<Index>(pos + 1 - j0, 0, bc)};
+      case MaskKind::reverse_causal: return {std::clamp<Index>(pos - j0, 0, bc), bc};
+      default: return {0, bc};
+    }
+  }
+  /// Keys [first, last) that any of the queries q0 .. q1-1 may see.
+  std::pair<Index, Index> key_range(Index kv, Index q0, Index q1) const {
+    const Index nk = in.k[kv].rows();
+    switch (in.mask) {
+      case MaskKind::causal: return {0, std::clamp<Index>(offset(kv) + q1, 0, nk)};
+      case MaskKind::reverse_causal: return {std::clamp<Index>(offset(kv) + q0, 0, nk), nk};
+      default: return {0, nk};
+    }
+  }
+};
+
+// Forces a loaded operand into a register. Without it GCC folds the load into every FMA that uses
+// it (R loads instead of one), which makes the tile kernels load-bound on cores that sustain one
+// 512-bit load per cycle.
+template <class T>
+inline void pin_register(B<T>& b) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  auto reg = static_cast<typename B<T>::register_type>(b);
+  asm("" : "+v"(reg));
+  b = B<T>(reg);
+#else
+  (void)b;
+#endif
+}
+
+// S [R, kKeyBlock] = Q [R, d] * panel; the panel is one key block of K transposed, [d, kKeyBlock]
+// contiguous (row stride ldk), so the d rows it touches never alias in L1.
+template <class T, int R>
+void scores_tiled(const T* q, Index ldq, Index d, const T* kt, Index ldk, T* s, Index lds) {
+  B<T> acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int x = 0; x < 4; ++x) acc[r][x] = B<T>(T(0));
+  for (Index c = 0; c < d; ++c) {
+    const T* krow = kt + c * ldk;
+    B<T> k0 = simd::load(krow), k1 = simd::load(krow + W<T>), k2 = simd::load(krow + 2 * W<T>),
+         k3 = simd::load(krow + 3 * W<T>);
+    if constexpr (R > 1) pin_register(k0), pin_register(k1), pin_register(k2), pin_register(k3);
+    for (int r = 0; r < R; ++r) {
+      const B<T> qb(q[r * ldq + c]);
+      acc[r][0] = xsimd::fma(qb, k0, acc[r][0]);
+      acc[r][1] = xsimd::fma(qb, k1, acc[r][1]);
+      acc[r][2] = xsimd::fma(qb, k2, acc[r][2]);
+      acc[r][3] = xsimd::fma(qb, k3, acc[r][3]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int x = 0; x < 4; ++x) simd::store(s + r * lds + x * W<T>, acc[r][x]);
+}
+
+// S [n_rows, bc] = Q [n_rows, d] * K[j0 : j0 + bc]^T with K in row layout [Tk, ldk >= d_pad]: one
+// register dot and one horizontal add per key. (xsimd 8.1's haddp, which would batch the horizontal
+// adds, returns permuted lanes on AVX-512; this path is bandwidth-bound on K anyway.)
+template <class T>
+void scores_rows(const T* q, Index ldq, Index n_rows, Index d, const T* k, Index ldk, Index bc, T* s, Index lds) {
+  const Index full = d / W<T>, rem = d % W<T>;
+  const auto tail = simd::first_lanes<T>(rem);
+  for (Index r = 0; r < n_rows; ++r) {
+    const T* qr = q + r * ldq;
+    T* sr = s + r * lds;
+    for (Index j = 0; j < bc; ++j) {
+      const T* kr = k + j * ldk;
+      B<T> a(T(0));
+      for (Index c = 0; c < full; ++c) a = xsimd::fma(simd::load(qr + c * W<T>), simd::load(kr + c * W<T>), a);
+      if (rem) a = xsimd::fma(simd::load(qr + full * W<T>), xsimd::select(tail, simd::load(kr + full * W<T>), B<T>(T(0))), a);
+      sr[j] = simd::reduce_add(a);
+    }
+  }
+}
+
+// O [R, d_pad] += P [R, bc] * V [bc, d_pad]; NB registers of the output row per pass.
+template <class T, int R, int NB>
+void pv_block(const T* p, Index ldp, Index bc, const T* v, Index ldv, T* o, Index ldo) {
+  B<T> acc[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int x = 0; x < NB; ++x) acc[r][x] = simd::load(o + r * ldo + x * W<T>);
+  for (Index j = 0; j < bc; ++j) {
+    B<T> vb[NB];
+    for (int x = 0; x < NB; ++x) {
+      vb[x] = simd::load(v + j * ldv + x * W<T>);
+      if constexpr (R > 1) pin_register(vb[x]);
+    }
+    for (int r = 0; r < R; ++r) {
+      const B<T> pb(p[r * ldp + j]);
+      for (int x = 0; x < NB; ++x) acc[r][x] = xsimd::fma(pb, vb[x], acc[r][x]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int x = 0; x < NB; ++x) simd::store(o + r * ldo + x * W<T>, acc[r][x]);
+}
+
+template <class T, int R>
+void pv_rows(const T* p, Index ldp, Index bc, const T* v, Index ldv, T* o, Index ldo, Index d_pad) {
+  for (Index c = 0; c < d_pad; c += 4 * W<T>) {
+    switch (std::min<Index>(4, (d_pad - c) / W<T>)) {
+      case 4: pv_block<T, R, 4>(p, ldp, bc, v + c, ldv, o + c, ldo); break;
+      case 3: pv_block<T, R, 3>(p, ldp, bc, v + c, ldv, o + c, ldo); break;
+      case 2: pv_block<T, R, 2>(p, ldp, bc, v + c, ldv, o + c, ldo); break;
+      default: pv_block<T, R, 1>(p, ldp, bc, v + c, ldv, o + c, ldo); break;
+    }
+  }
+}
+
+// O [n_rows, d_pad] += P [n_rows, bc] * V [bc, d_pad], register-tiled over rows.
+template <class T>
+void pv_accumulate(const T* p, Index ldp, Index n_rows, Index bc, const T* v, Index ldv, T* o, Index ldo, Index d_pad) {
+  constexpr int R = kTileRows<T>;
+  Index r = 0;
+  for (; r + R <= n_rows; r += R) pv_rows<T, R>(p + r * ldp, ldp, bc, v, ldv, o + r * ldo, ldo, d_pad);
+  for (; r < n_rows; ++r) pv_rows<T, 1>(p + r * ldp, ldp, bc, v, ldv, o + r * ldo, ldo, d_pad);
+}
+
+// Masks s[0, bc) outside `vis` (and where the custom mask row is 0) with -inf.
+template <class T>
+void apply_mask(T* s, Index bc, Visible vis, const std::uint8_t* custom_row) {
+  constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+  std::fill(s, s + vis.lo, neg_inf);
+  std::fill(s + vis.hi, s + bc, neg_inf);
+  if (custom_row)
+    for (Index j = vis.lo; j < vis.hi; ++j)
+      if (!custom_row[j]) s[j] = neg_inf;
+}
+
+// One online-softmax step of a query row over a key block: s[0, bc) holds masked scores; on return
+// it holds exp(s - m_new) (0 where masked); m, l and the output row o are rescaled.
+template <class T>
+void online_softmax_step(T* s, Index bc, Visible vis, T& m, T& l, T* o, Index d_pad) {
+  const T block_max = simd::max(s + vis.lo, vis.hi - vis.lo);
+  if (!(block_max > -std::numeric_limits<T>::infinity())) {
+    std::fill(s, s + bc, T(0));
+    return;
+  }
+  const T m_new = std::max(m, block_max);
+  const T alpha = std::exp(m - m_new);  // 0 on the first visible block (m = -inf)
+  const T block_sum = exp_shifted(s + vis.lo, vis.hi - vis.lo, m_new);
+  std::fill(s, s + vis.lo, T(0));
+  std::fill(s + vis.hi, s + bc, T(0));
+  l = l * alpha + block_sum;
+  if (alpha != T(1)) simd::scale(alpha, o, d_pad);
+  m = m_new;
+}
+
+
+// Keys and values of one KV head in the layouts the kernels read: V (and K on the row path) with
+// rows readable up to d_pad; on the tiled path K transposed block by block into panels
+// [n_blocks, d, kKeyBlock] (a panel is contiguous; columns past the last key are zero).
+template <class T>
+struct KeyValues {
+  ConstView<T> k, v;  // [nk, >= d_pad readable]
+  Tensor<T> panels;   // tiled path only
+  Tensor<T> k_copy, v_copy;
+};
+
+template <class T>
+ConstView<T> readable_padded(ConstView<T> x, Index d_pad, Tensor<T>& storage) {
+  if (x.is_padded() && x.stride() >= d_pad) return x;
+  storage = Tensor<T>({x.rows(), x.cols()});
+  copy(x, storage.view());
+  return storage.view();
+}
+
+// Query rows of a task: row r is query qi[r] of query head qh[r].
+struct RowSet {
+  const Index* qi;
+  const Index* qh;
+  Index n;
+};
+
+template <class T>
+void gather_queries(const Plan<T>& plan, RowSet rows, T* qs, Index ldq) {
+  for (Index r = 0; r < rows.n; ++r) {
+    const T* src = plan.in.q.row(rows.qi[r]) + rows.qh[r] * plan.d;
+    T* dst = qs + r * ldq;
+    for (Index c = 0; c < plan.d; ++c) dst[c] = src[c] * plan.scale;
+    std::fill(dst + plan.d, dst + ldq, T(0));
+  }
+}
+
+// Scores of all rows against keys [j0, j0 + bc) into s [n, lds].
+template <class T>
+void block_scores(const Plan<T>& plan, const KeyValues<T>& kv, const T* qs, Index ldq, Index n, Index j0, Index bc,
+                  T* s, Index lds) {
+  if (!kv.panels.empty()) {
+    constexpr int R = kTileRows<T>;
+    constexpr Index KB = kKeyBlock<T>;
+    const T* panel = kv.panels.mat(j0 / KB).data();
+    Index r = 0;
+    for (; r + R <= n; r += R) scores_tiled<T, R>(qs + r * ldq, ldq, plan.d, panel, KB, s + r * lds, lds);
+    for (; r < n; ++r) scores_tiled<T, 1>(qs + r * ldq, ldq, plan.d, panel, KB, s + r * lds, lds);
+  } else {
+    scores_rows(qs, ldq, n, plan.d, kv.k.row(0) + j0 * kv.k.stride(), kv.k.stride(), bc, s, lds);
+  }
+}
+
+template <class T>
+const std::uint8_t* custom_row(const Plan<T>& plan, Index qi, Index j0) {
+  return plan.in.mask == MaskKind::custom ? plan.in.custom_mask.row(qi) + j0 : nullptr;
+}
+
+// Online-softmax attention of a set of query rows against one KV head.
+template <class T>
+void flash_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, RowSet rows) {
+  constexpr Index KB = kKeyBlock<T>;
+  const Index n = rows.n, d_pad = plan.d_pad;
+  T* qs = thread_scratch<ScratchTag, 0, T>(n * d_pad);
+  T* o = thread_scratch<ScratchTag, 1, T>(n * d_pad);
+  T* s = thread_scratch<ScratchTag, 2, T>(n * KB);
+  T* m = thread_scratch<ScratchTag, 3, T>(n);
+  T* l = thread_scratch<ScratchTag, 4, T>(n);
+  gather_queries(plan, rows, qs, d_pad);
+  std::fill(o, o + n * d_pad, T(0));
+  std::fill(m, m + n, -std::numeric_limits<T>::infinity());
+  std::fill(l, l + n, T(0));
+
+  Index q_lo = rows.qi[0], q_hi = rows.qi[0] + 1;
+  for (Index r = 1; r < n; ++r) q_lo = std::min(q_lo, rows.qi[r]), q_hi = std::max(q_hi, rows.qi[r] + 1);
+  const auto [first, last] = plan.key_range(kv_head, q_lo, q_hi);
+  for (Index j0 = first / KB * KB; j0 < last; j0 += KB) {
+    const Index bc = std::min(KB, kv.k.rows() - j0);
+    block_scores(plan, kv, qs, d_pad, n, j0, bc, s, KB);
+    for (Index r = 0; r < n; ++r) {
+      const Visible vis = plan.visible(kv_head, rows.qi[r], j0, bc);
+      apply_mask(s + r * KB, bc, vis, custom_row(plan, rows.qi[r], j0));
+      online_softmax_step(s + r * KB, bc, vis, m[r], l[r], o + r * d_pad, d_pad);
+    }
+    pv_accumulate(s, KB, n, bc, kv.v.row(0) + j0 * kv.v.stride(), kv.v.stride(), o, d_pad, d_pad);
+  }
+  for (Index r = 0; r < n; ++r) {
+    T* dst = plan.in.out.row(rows.qi[r]) + rows.qh[r] * plan.d;
+    const T inv = l[r] > T(0) ? T(1) / l[r] : T(0);
+    for (Index c = 0; c < plan.d; ++c) dst[c] = o[r * d_pad + c] * inv;
+  }
+}
+
+// Exact-probability attention of queries [q0, q1) for every query head of one KV head; the
+// probabilities averaged over the group go to the sink.
+template <class T>
+void sink_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, Index q0, Index q1) {
+  constexpr Index KB = kKeyBlock<T>;
+  const Index n = q1 - q0, d_pad = plan.d_pad, nk = kv.k.rows();
+  const Index ld = (nk + KB - 1) / KB * KB;
+  T* qs = thread_scratch<ScratchTag, 0, T>(n * d_pad);
+  T* o = thread_scratch<ScratchTag, 1, T>(n * d_pad);
+  T* p = thread_scratch<ScratchTag, 5, T>(n * ld);
+  T* avg = thread_scratch<ScratchTag, 6, T>(n * ld);
+  Index qi[kSinkRows], qh[kSinkRows];
+  std::fill(avg, avg + n * ld, T(0));
+  const auto [first, last] = plan.key_range(kv_head, q0, q1);
+  const Index first_block = first / KB * KB;
+  const T inv_group = T(1) / T(plan.group);
+  for (Index g = 0; g < plan.group; ++g) {
+    for (Index r = 0; r < n; ++r) qi[r] = q0 + r, qh[r] = kv_head * plan.group + g;
+    gather_queries(plan, RowSet{qi, qh, n}, qs, d_pad);
+    for (Index j0 = first_block; j0 < last; j0 += KB)
+      block_scores(plan, kv, qs, d_pad, n, j0, std::min(KB, nk - j0), p + j0, ld);
+    for (Index r = 0; r < n; ++r) {
+      T* row = p + r * ld;
+      const Visible vis = plan.visible(kv_head, qi[r], 0, nk);
+      const Index lo = std::max(vis.lo, first), hi = std::min(vis.hi, last);
+      apply_mask(row, nk, Visible{lo, std::max(lo, hi)}, custom_row(plan, qi[r], 0));
+      softmax_row(row, nk, lo, std::max(lo, hi));
+      simd::axpy(inv_group, row, avg + r * ld, nk);
+    }
+    std::fill(o, o + n * d_pad, T(0));
+    if (last > first)
+      pv_accumulate(p + first, ld, n, last - first, kv.v.row(0) + first * kv.v.stride(), kv.v.stride(), o, d_pad, d_pad);
+    for (Index r = 0; r < n; ++r) {
+      T* dst = plan.in.out.row(qi[r]) + qh[r] * plan.d;
+      std::copy_n(o + r * d_pad, plan.d, dst);
+    }
+  }
+  plan.in.sink->consume(kv_head, q0, ConstView<T>(avg, n, nk, ld));
+}
+
+template <class T>
+void validate(const AttentionInput<T>& in) {
+  constexpr const char* where = "attention";
+  check(in.n_heads > 0 && in.head_dim > 0, where, "n_heads and head_dim must be positive, got ", in.n_heads, " and ",
+        in.head_dim);
+  const Index n_kv = Index(in.k.size());
+  check(n_kv > 0 && Index(in.v.size()) == n_kv, where, "expected the same positive number of K and V heads, got ",
+        in.k.size(), " and ", in.v.size());
+  check(in.n_heads % n_kv == 0, where, in.n_heads, " query heads are not a multiple of ", n_kv, " KV heads");
+  check_shape(in.q, -1, in.n_heads * in.head_dim, where, "q");
+  check_shape(in.out, in.q.rows(), in.n_heads * in.head_dim, where, "out");
+  for (Index h = 0; h < n_kv; ++h) {
+    check_shape(in.k[h], -1, in.head_dim, where, "k[" + std::to_string(h) + "]");
+    check_shape(in.v[h], in.k[h].rows(), in.head_dim, where, "v[" + std::to_string(h) + "]");
+    if (in.mask == MaskKind::causal && in.offset < 0)
+      check(in.k[h].rows() >= in.q.rows(), where, "causal attention with ", in.q.rows(), " queries needs at least as many keys, KV head ", h, " has ", in.k[h].rows());
+  }
+  if (in.mask == MaskKind::custom) {
+    for (Index h = 0; h < n_kv; ++h)
+      check(in.k[h].rows() == in.k[0].rows(), where, "a custom mask needs the same key count in every KV head");
+    check_shape(in.custom_mask, in.q.rows(), in.k[0].rows(), where, "custom_mask");
+  }
+}
+
+}  // namespace attention_detail
+
+/// Multi-head attention softmax(scale * Q K^T + mask) V per head, fused: scores are produced in
+/// register tiles and consumed by an online softmax, so memory stays O(rows x block). With a sink,
+/// probabilities are computed exactly per block of kSinkRows queries (one strip of keys at a time)
+/// and handed over averaged across each GQA group. Rows that see no key produce zeros.
+template <class T>
+void attention(const AttentionInput<T>& in) {
+  using namespace attention_detail;
+  validate(in);
+  const Index n_q = in.q.rows();
+  if (n_q == 0) return;
+  const Index n_kv = Index(in.k.size());
+  const Index d_pad = padded_cols<T>(in.head_dim);
+  const Plan<T> plan{in, n_kv, in.n_heads / n_kv, in.head_dim, d_pad, n_q,
+                     in.scale != T(0) ? in.scale : T(1) / std::sqrt(T(in.head_dim))};
+  const bool tiled = n_q >= kTiledMinQueries;
+
+  std::vector<KeyValues<T>> kvs(static_cast<std::size_t>(n_kv));
+  parallel_for(0, n_kv, [&](Index h) {
+    KeyValues<T>& kv = kvs[std::size_t(h)];
+    kv.v = readable_padded(in.v[h], d_pad, kv.v_copy);
+    kv.k = in.k[h];
+    if (tiled) {
+      constexpr Index KB = kKeyBlock<T>;
+      const Index nk = in.k[h].rows();
+      kv.panels = Tensor<T>({std::max<Index>((nk + KB - 1) / KB, 1), in.head_dim, KB});
+      for (Index j = 0; j < nk; ++j) {
+        const T* src = in.k[h].row(j);
+        T* dst = kv.panels.mat(j / KB).data() + j % KB;
+        for (Index c = 0; c < in.head_dim; ++c) dst[c * KB] = src[c];
+      }
+    } else {
+      kv.k = readable_padded(in.k[h], d_pad, kv.k_copy);
+    }
+  });
+
+  if (in.sink) {
+    parallel_for(0, n_kv, [&](Index h) {
+      for (Index q0 = 0; q0 < n_q; q0 += kSinkRows) sink_task(plan, h, kvs[std::size_t(h)], q0, std::min(n_q, q0 + kSinkRows));
+    });
+  } else if (tiled) {
+    const Index n_blocks = (n_q + kQueryBlock - 1) / kQueryBlock;
+    parallel_for_dynamic(0, in.n_heads * n_blocks, [&](Index task) {
+      const Index qh = task / n_blocks, q0 = (task % n_blocks) * kQueryBlock;
+      const Index n = std::min(kQueryBlock, n_q - q0);
+      Index qi[kQueryBlock], heads[kQueryBlock];
+      for (Index r = 0; r < n; ++r) qi[r] = q0 + r, heads[r] = qh;
+      flash_task(plan, qh / plan.group, kvs[std::size_t(qh / plan.group)], RowSet{qi, heads, n});
+    });
+  } else {
+    parallel_for(0, n_kv, [&](Index h) {
+      std::vector<Index> qi, heads;
+      for (Index i = 0; i < n_q; ++i)
+        for (Index g = 0; g < plan.group; ++g) qi.push_back(i), heads.push_back(h * plan.group + g);
+      flash_task(plan, h, kvs[std::size_t(h)], RowSet{qi.data(), heads.data(), Index(qi.size())});
+    });
+  }
+}
+
+/// Number of (query, key) pairs attention() evaluates for one query head of `kv_head`: the analytic
+/// count behind FLOP reports (2 * pairs * head_dim per product).
+template <class T>
+double visible_pairs(const AttentionInput<T>& in, Index kv_head) {
+  const Index n_q = in.q.rows(), nk = in.k[kv_head].rows();
+  switch (in.mask) {
+    case MaskKind::causal: {
+      const Index off = in.offset >= 0 ? in.offset : nk - n_q;
+      double pairs = 0;
+      for (Index i = 0; i < n_q; ++i) pairs += double(std::clamp<Index>(off + i + 1, 0, nk));
+      return pairs;
+    }
+    case MaskKind::reverse_causal: {
+      const Index off = std::max<Index>(in.offset, 0);
+      double pairs = 0;
+      for (Index i = 0; i < n_q; ++i) pairs += double(nk - std::clamp<Index>(off + i, 0, nk));
+      return pairs;
+    }
+    case MaskKind::none: return double(n_q) * double(nk);
+    case MaskKind::custom: {
+      double pairs = 0;
+      for (Index i = 0; i < n_q; ++i)
+        for (Index j = 0; j < nk; ++j) pairs += in.custom_mask(i, j) != 0;
+      return pairs;
+    }
+  }
+  return 0;
+}
+
+ENGRAM_NAMESPACE_END

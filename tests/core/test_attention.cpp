@@ -1,0 +1,270 @@
+// Fused attention against a materialised double reference: causal, offsets, GQA, every mask kind,
+// both kernel strategies (row dots for few queries, transposed-K tiles for many), and the sink.
+#include <map>
+#include <mutex>
+
+#include "engram/core/attention.hpp"
+#include "test_util.hpp"
+
+using namespace engram;
+
+namespace {
+
+struct Case {
+  Index tq, n_heads, n_kv, d;
+  std::vector<Index> tk;  // per KV head
+  MaskKind mask = MaskKind::causal;
+  Index offset = -1;
+};
+
+template <class T>
+struct Problem {
+  Tensor<T> q, out;
+  std::vector<Tensor<T>> k, v;
+  std::vector<ConstView<T>> kv_k, kv_v;
+  Tensor<std::uint8_t> mask;
+  AttentionInput<T> input() {
+    AttentionInput<T> in;
+    in.q = q.view();
+    in.k = kv_k;
+    in.v = kv_v;
+    in.out = out.view();
+    return in;
+  }
+};
+
+template <class T>
+Problem<T> make_problem(const Case& c, std::uint64_t seed) {
+  Problem<T> p;
+  p.q = test::random_tensor<T>({c.tq, c.n_heads * c.d}, seed);
+  p.out = Tensor<T>({c.tq, c.n_heads * c.d});
+  for (Index h = 0; h < c.n_kv; ++h) {
+    p.k.push_back(test::random_tensor<T>({c.tk[std::size_t(h)], c.d}, seed + 10 + std::uint64_t(h)));
+    p.v.push_back(test::random_tensor<T>({c.tk[std::size_t(h)], c.d}, seed + 20 + std::uint64_t(h)));
+    test::poison_padding(p.k.back());
+    test::poison_padding(p.v.back());
+  }
+  for (auto& t : p.k) p.kv_k.push_back(t.view());
+  for (auto& t : p.v) p.kv_v.push_back(t.view());
+  if (c.mask == MaskKind::custom) {
+    p.mask = Tensor<std::uint8_t>({c.tq, c.tk[0]});
+    std::mt19937 rng{unsigned(seed)};
+    for (Index i = 0; i < c.tq; ++i)
+      for (Index j = 0; j < c.tk[0]; ++j) p.mask(i, j) = (rng() % 3) != 0 && i != 1;  // row 1 fully masked
+  }
+  return p;
+}
+
+// Materialised reference: probabilities per query head [Hq][Tq x Tk] and the output [Tq, Hq*d].
+struct Reference {
+  std::vector<test::Mat> probs;
+  test::Mat out;
+};
+
+template <class T>
+Reference reference(const Case& c, Problem<T>& p, const AttentionInput<T>& in) {
+  Reference ref{{}, test::Mat(c.tq, c.n_heads * c.d)};
+  const double scale = 1.0 / std::sqrt(double(c.d));
+  const Index group = c.n_heads / c.n_kv;
+  for (Index h = 0; h < c.n_heads; ++h) {
+    const Index kv = h / group, tk = c.tk[std::size_t(kv)];
+    const Index off = c.offset >= 0 ? c.offset : (c.mask == MaskKind::causal ? tk - c.tq : 0);
+    test::Mat pr(c.tq, tk);
+    for (Index i = 0; i < c.tq; ++i) {
+      std::vector<double> s(static_cast<std::size_t>(tk));
+      double m = -INFINITY;
+      std::vector<bool> vis(static_cast<std::size_t>(tk));
+      for (Index j = 0; j < tk; ++j) {
+        bool visible = true;
+        if (c.mask == MaskKind::causal) visible = j <= off + i;
+        if (c.mask == MaskKind::reverse_causal) visible = j >= off + i;
+        if (c.mask == MaskKind::custom) visible = p.mask(i, j) != 0;
+        vis[std::size_t(j)] = visible;
+        double dot = 0;
+        for (Index e = 0; e < c.d; ++e) dot += double(p.q(i, h * c.d + e)) * double(p.k[std::size_t(kv)](j, e));
+        s[std::size_t(j)] = dot * scale;
+        if (visible) m = std::max(m, s[std::size_t(j)]);
+      }
+      double z = 0;
+      for (Index j = 0; j < tk; ++j) z += vis[std::size_t(j)] ? std::exp(s[std::size_t(j)] - m) : 0.0;
+      for (Index j = 0; j < tk; ++j) pr(i, j) = vis[std::size_t(j)] ? std::exp(s[std::size_t(j)] - m) / z : 0.0;
+      for (Index e = 0; e < c.d; ++e) {
+        double o = 0;
+        for (Index j = 0; j < tk; ++j) o += pr(i, j) * double(p.v[std::size_t(kv)](j, e));
+        ref.out(i, h * c.d + e) = o;
+      }
+    }
+    ref.probs.push_back(pr);
+  }
+  (void)in;
+  return ref;
+}
+
+template <class T>
+double tolerance(const Case& c) {
+  // Score error ~ d eps |q||k| scale (random normals: |q.k| ~ sqrt(d) * 4 sigma) turns into a relative
+  // error of the probabilities; the output is a convex combination of |v| <= ~5.
+  return 32 * test::eps<T>() * (4.0 * std::sqrt(double(c.d)) + std::log2(double(c.tk[0]) + 2) + 8) * 5.0;
+}
+
+// Records every tile; checks order and coverage.
+template <class T>
+class RecordingSink : public ProbabilitySink<T> {
+ public:
+  RecordingSink(const Case& c) : c_(c) {
+    for (Index h = 0; h < c.n_kv; ++h) probs.emplace_back(c.tq, c.tk[std::size_t(h)], -1.0), next.push_back(0);
+  }
+  void consume(Index kv_head, Index q_begin, ConstView<T> tile) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    CHECK(q_begin == next[std::size_t(kv_head)]);  // increasing, contiguous, no overlap
+    CHECK(tile.rows() <= kSinkRows);
+    CHECK(tile.cols() == c_.tk[std::size_t(kv_head)]);
+    for (Index r = 0; r < tile.rows(); ++r)
+      for (Index j = 0; j < tile.cols(); ++j) probs[std::size_t(kv_head)](q_begin + r, j) = double(tile(r, j));
+    next[std::size_t(kv_head)] = q_begin + tile.rows();
+  }
+  std::vector<test::Mat> probs;
+  std::vector<Index> next;
+
+ private:
+  Case c_;
+  std::mutex mutex_;
+};
+
+template <class T>
+void run_case(const Case& c, std::uint64_t seed, bool with_sink) {
+  auto p = make_problem<T>(c, seed);
+  auto in = p.input();
+  in.n_heads = c.n_heads;
+  in.head_dim = c.d;
+  in.mask = c.mask;
+  in.offset = c.offset;
+  if (c.mask == MaskKind::custom) in.custom_mask = p.mask.view();
+  RecordingSink<T> sink(c);
+  if (with_sink) in.sink = &sink;
+  const auto ref = reference<T>(c, p, in);
+  attention<T>(in);
+  INFO("tq=" << c.tq << " heads=" << c.n_heads << "/" << c.n_kv << " d=" << c.d << " tk0=" << c.tk[0]
+       << " mask=" << int(c.mask) << " offset=" << c.offset << " sink=" << with_sink);
+  test::require_close<T>(p.out.view(), ref.out, tolerance<T>(c), "attention output");
+  if (with_sink) {
+    const Index group = c.n_heads / c.n_kv;
+    for (Index kv = 0; kv < c.n_kv; ++kv) {
+      CHECK(sink.next[std::size_t(kv)] == c.tq);
+      test::Mat avg(c.tq, c.tk[std::size_t(kv)]);
+      for (Index g = 0; g < group; ++g)
+        for (std::size_t e = 0; e < avg.v.size(); ++e) avg.v[e] += ref.probs[std::size_t(kv * group + g)].v[e] / double(group);
+      double worst = 0;
+      for (std::size_t e = 0; e < avg.v.size(); ++e) worst = std::max(worst, std::abs(avg.v[e] - sink.probs[std::size_t(kv)].v[e]));
+      CHECK(worst <= tolerance<T>(c));
+    }
+  }
+}
+
+std::vector<Case> cases() {
+  std::vector<Case> cs;
+  for (Index t : {1, 5, 16, 17, 64, 130})  // prefill from an empty cache, both strategies
+    for (Index d : {8, 24, 64}) cs.push_back({t, 4, 2, d, {t, t}});
+  cs.push_back({7, 4, 2, 16, {50, 50}});              // chunked prefill: queries at the end
+  cs.push_back({1, 8, 1, 64, {300}});                 // decode with MQA
+  cs.push_back({40, 8, 2, 32, {40, 40}});             // GQA, several sink tiles
+  cs.push_back({3, 4, 2, 16, {20, 9}});               // KV heads of different lengths (after eviction)
+  cs.push_back({33, 4, 2, 16, {70, 45}});
+  cs.push_back({20, 2, 2, 16, {33, 33}, MaskKind::none});
+  cs.push_back({40, 2, 1, 32, {40}, MaskKind::reverse_causal});
+  cs.push_back({6, 2, 1, 16, {6}, MaskKind::reverse_causal});
+  cs.push_back({24, 2, 2, 16, {31, 31}, MaskKind::custom});
+  cs.push_back({9, 2, 1, 16, {12}, MaskKind::custom});
+  cs.push_back({10, 2, 1, 16, {30}, MaskKind::causal, 5});  // explicit offset: later keys invisible
+  return cs;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("fused attention equals the materialised reference", "[attention]", float, double) {
+  std::uint64_t seed = 1;
+  for (const Case& c : cases()) run_case<TestType>(c, seed++, false);
+}
+
+TEMPLATE_TEST_CASE("the probability sink receives the exact group-averaged softmax", "[attention][sink]", float, double) {
+  std::uint64_t seed = 100;
+  for (const Case& c : cases()) run_case<TestType>(c, seed++, true);
+}
+
+TEST_CASE("attention on strided views and in place", "[attention]") {
+  const Index tq = 20, heads = 2, d = 8;
+  auto qkv = test::random_tensor<float>({tq, 3 * heads * d}, 5);  // [q | k | v] packed, as a fused projection
+  Tensor<float> out({tq, heads * d});
+  std::vector<ConstView<float>> ks, vs;
+  for (Index h = 0; h < heads; ++h) {
+    ks.push_back(qkv.view().middle_cols(heads * d + h * d, d));
+    vs.push_back(qkv.view().middle_cols(2 * heads * d + h * d, d));
+  }
+  AttentionInput<float> in;
+  in.q = qkv.view().middle_cols(0, heads * d);
+  in.k = ks;
+  in.v = vs;
+  in.out = out.view();
+  in.n_heads = heads;
+  in.head_dim = d;
+  attention<float>(in);
+  // Same computation in place on a copy of q.
+  Tensor<float> q = Tensor<float>::from_view(in.q);
+  in.q = q.view();
+  in.out = q.view();
+  attention<float>(in);
+  for (Index i = 0; i < tq; ++i)
+    for (Index c = 0; c < heads * d; ++c) CHECK(q(i, c) == out(i, c));
+}
+
+TEST_CASE("attention: a row that sees no key yields zeros", "[attention]") {
+  Case c{3, 2, 1, 16, {5}, MaskKind::custom};
+  auto p = make_problem<float>(c, 77);
+  auto in = p.input();
+  in.n_heads = 2;
+  in.head_dim = 16;
+  in.mask = MaskKind::custom;
+  in.custom_mask = p.mask.view();
+  attention<float>(in);
+  for (Index e = 0; e < 32; ++e) CHECK(p.out(1, e) == 0.f);
+}
+
+TEST_CASE("attention rejects bad shapes", "[attention][errors]") {
+  Case c{4, 4, 2, 8, {4, 4}};
+  auto p = make_problem<float>(c, 3);
+  auto in = p.input();
+  in.n_heads = 3;  // not a multiple of 2 KV heads
+  in.head_dim = 8;
+  CHECK_THROWS_AS(attention<float>(in), Error);
+  in.n_heads = 4;
+  in.head_dim = 7;
+  CHECK_THROWS_AS(attention<float>(in), Error);
+  in.head_dim = 8;
+  Tensor<float> short_v({3, 8});
+  std::vector<ConstView<float>> vs = {short_v.view(), p.v[1].view()};
+  in.v = vs;
+  CHECK_THROWS_AS(attention<float>(in), Error);
+  in.v = p.kv_v;
+  Tensor<float> q_long({6, 32}), out_long({6, 32});
+  in.q = q_long.view();
+  in.out = out_long.view();
+  CHECK_THROWS_AS(attention<float>(in), Error);  // 6 causal queries, 4 keys
+  in.mask = MaskKind::custom;
+  CHECK_THROWS_AS(attention<float>(in), Error);  // no mask given
+  in.q = p.q.view();
+  in.out = p.out.view();
+  in.mask = MaskKind::causal;
+  CHECK_NOTHROW(attention<float>(in));
+}
+
+TEST_CASE("visible_pairs counts the FLOP-relevant pairs", "[attention][flops]") {
+  Case c{5, 2, 1, 8, {12}};
+  auto p = make_problem<float>(c, 1);
+  auto in = p.input();
+  in.n_heads = 2;
+  in.head_dim = 8;
+  CHECK(visible_pairs(in, 0) == flops::causal_pairs(5, 12));
+  CHECK(flops::causal_pairs(5, 12) == 5 * 7 + 15);
+  in.mask = MaskKind::none;
+  CHECK(visible_pairs(in, 0) == 60);
+}

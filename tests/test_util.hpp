@@ -1,0 +1,87 @@
+// Shared test helpers: seeded random tensors, double-precision references, norm-scaled comparisons.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engram/core/tensor.hpp"
+
+namespace engram::test {
+
+/// Sizes that straddle every SIMD width (AVX2 8, AVX-512 16 floats) and the 8-accumulator loops.
+inline const std::vector<Index> kAwkwardSizes = {1, 2, 7, 15, 16, 17, 31, 63, 64, 65, 129, 257};
+
+template <class T>
+Tensor<T> random_tensor(const Shape& shape, std::uint64_t seed, double scale = 1.0) {
+  Tensor<T> t(shape);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> dist(0.0, scale);
+  for (Index r = 0; r < t.rows(); ++r)
+    for (Index c = 0; c < t.cols(); ++c) t.row(r)[c] = T(dist(rng));
+  return t;
+}
+
+/// Fills the padding of every row with NaN, so a kernel that reads padding it should ignore fails.
+template <class T>
+void poison_padding(Tensor<T>& t) {
+  for (Index r = 0; r < t.rows(); ++r)
+    for (Index c = t.cols(); c < t.stride(); ++c) t.row(r)[c] = std::numeric_limits<T>::quiet_NaN();
+}
+
+/// A dense double matrix used by reference implementations.
+struct Mat {
+  Index rows = 0, cols = 0;
+  std::vector<double> v;
+  Mat() = default;
+  Mat(Index r, Index c, double fill = 0.0) : rows(r), cols(c), v(std::size_t(r * c), fill) {}
+  double& operator()(Index r, Index c) { return v[std::size_t(r * cols + c)]; }
+  double operator()(Index r, Index c) const { return v[std::size_t(r * cols + c)]; }
+};
+
+template <class T>
+Mat to_mat(ConstView<T> x) {
+  Mat m(x.rows(), x.cols());
+  for (Index r = 0; r < x.rows(); ++r)
+    for (Index c = 0; c < x.cols(); ++c) m(r, c) = double(x(r, c));
+  return m;
+}
+
+inline double max_abs(const Mat& m) {
+  double a = 0;
+  for (double x : m.v) a = std::max(a, std::abs(x));
+  return a;
+}
+
+template <class T>
+double max_abs_diff(ConstView<T> got, const Mat& ref) {
+  REQUIRE(got.rows() == ref.rows);
+  REQUIRE(got.cols() == ref.cols);
+  double worst = 0;
+  for (Index r = 0; r < ref.rows; ++r)
+    for (Index c = 0; c < ref.cols; ++c) {
+      const double d = std::abs(double(got(r, c)) - ref(r, c));
+      if (!(d <= worst)) worst = std::isnan(d) ? std::numeric_limits<double>::infinity() : d;
+    }
+  return worst;
+}
+
+/// Machine epsilon of T as double.
+template <class T>
+constexpr double eps() {
+  return double(std::numeric_limits<T>::epsilon());
+}
+
+/// Checks max |got - ref| <= tolerance, printing both on failure.
+template <class T>
+void require_close(ConstView<T> got, const Mat& ref, double tolerance, const std::string& what) {
+  const double err = max_abs_diff(got, ref);
+  INFO(what << ": max abs error " << err << ", tolerance " << tolerance << ", max |ref| " << max_abs(ref));
+  REQUIRE(err <= tolerance);
+}
+
+}  // namespace engram::test
