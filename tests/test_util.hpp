@@ -2,6 +2,7 @@
 #pragma once
 
 #include <catch2/catch.hpp>
+#include <unistd.h>
 
 #include <cmath>
 #include <limits>
@@ -82,6 +83,57 @@ void require_close(ConstView<T> got, const Mat& ref, double tolerance, const std
   const double err = max_abs_diff(got, ref);
   INFO(what << ": max abs error " << err << ", tolerance " << tolerance << ", max |ref| " << max_abs(ref));
   REQUIRE(err <= tolerance);
+}
+
+}  // namespace engram::test
+
+#include <filesystem>
+
+#include "engram/io/checkpoint.hpp"
+
+namespace engram::test {
+
+/// Path of a committed fixture.
+inline std::filesystem::path fixture(const std::string& relative) { return std::filesystem::path(ENGRAM_FIXTURES_DIR) / relative; }
+
+/// A fresh, empty temporary directory removed when the object dies.
+class TempDir {
+ public:
+  TempDir() {
+    static int counter = 0;
+    path_ = std::filesystem::temp_directory_path() /
+            ("engram_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+/// max |got - ref| / max |ref|: the relative error the golden comparisons use.
+template <class T>
+double relative_error(ConstView<T> got, ConstView<float> ref) {
+  REQUIRE(got.rows() == ref.rows());
+  REQUIRE(got.cols() == ref.cols());
+  double err = 0, scale = 0;
+  for (Index r = 0; r < ref.rows(); ++r)
+    for (Index c = 0; c < ref.cols(); ++c) {
+      const double d = std::abs(double(got(r, c)) - double(ref(r, c)));
+      err = std::isnan(d) ? INFINITY : std::max(err, d);
+      scale = std::max(scale, std::abs(double(ref(r, c))));
+    }
+  return err / std::max(scale, 1e-30);
+}
+
+/// Token ids stored as I64 in a golden file.
+inline std::vector<std::int32_t> read_tokens(const Checkpoint& golden, const std::string& name = "tokens") {
+  const auto t = golden.read<std::int64_t>(name);
+  std::vector<std::int32_t> ids;
+  for (Index i = 0; i < t.numel(); ++i) ids.push_back(std::int32_t(t.data()[i]));
+  return ids;
 }
 
 }  // namespace engram::test

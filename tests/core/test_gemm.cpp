@@ -66,7 +66,7 @@ TEMPLATE_TEST_CASE("gemm accumulates with alpha and beta", "[gemm]", float, doub
   check_gemm<TestType>(5, 6, 0, Trans::no, Trans::no, 1.0, 0.5, 9);  // empty inner dimension
 }
 
-TEST_CASE("gemm with beta = 0 ignores NaN in C, and works on strided views", "[gemm]") {
+TEST_CASE("gemm with beta = 0 ignores NaN in C and works on strided views", "[gemm]") {
   auto a = test::random_tensor<float>({8, 12}, 1), b = test::random_tensor<float>({12, 20}, 2);
   Tensor<float> c({8, 20});
   c.fill(std::numeric_limits<float>::quiet_NaN());

@@ -35,7 +35,7 @@ TEMPLATE_TEST_CASE("softmax rows sum to one and match the reference", "[ops]", f
         [](View<TestType> v) { softmax_rows(v); }, 64, "softmax");
 }
 
-TEST_CASE("masked and causal softmax zero the masked entries, never NaN", "[ops]") {
+TEST_CASE("masked and causal softmax zero the masked entries and never give NaN", "[ops]") {
   Tensor<float> x({4, 6});
   x.fill(1.f);
   softmax_rows_causal(x.view(), 1);  // row r sees r + 2 columns

@@ -19,7 +19,7 @@ double abs_sum(const auto& v) {
 }
 }  // namespace
 
-TEMPLATE_TEST_CASE("dot, sum and max match double loops", "[simd]", float, double) {
+TEMPLATE_TEST_CASE("dot and sum and max match double loops", "[simd]", float, double) {
   std::vector<Index> sizes = test::kAwkwardSizes;
   sizes.push_back(0);
   sizes.push_back(1000);
@@ -40,7 +40,7 @@ TEMPLATE_TEST_CASE("dot, sum and max match double loops", "[simd]", float, doubl
   }
 }
 
-TEMPLATE_TEST_CASE("axpy, scale, add and mul are exact elementwise", "[simd]", float, double) {
+TEMPLATE_TEST_CASE("axpy and scale and add and mul are exact elementwise", "[simd]", float, double) {
   for (Index n : test::kAwkwardSizes) {
     auto x = random_vector<TestType>(n, 30 + n), y = random_vector<TestType>(n, 40 + n);
     auto y0 = y;

@@ -56,7 +56,7 @@ TEST_CASE("Tensor copies are explicit and deep", "[tensor]") {
   CHECK(moved.rows() == 4);
 }
 
-TEST_CASE("Tensor resize_rows keeps rows, zeroes new ones and shrink_to_fit releases memory", "[tensor]") {
+TEST_CASE("Tensor resize_rows keeps rows and zeroes new ones and shrink_to_fit releases memory", "[tensor]") {
   auto t = test::random_tensor<float>({5, 3}, 2);
   const float keep = t(4, 2);
   t.resize_rows(100);

@@ -1,0 +1,252 @@
+// Decoder: embeddings -> blocks -> final norm -> LM head. Weights are immutable and shared; a
+// per-sequence State holds the caches. prefill/decode in any chunking give the same logits.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engram/nn/block.hpp"
+#include "engram/nn/config.hpp"
+#include "engram/nn/embedding.hpp"
+#include "engram/nn/linear.hpp"
+#include "engram/nn/mlp.hpp"
+#include "engram/nn/self_attention.hpp"
+
+ENGRAM_NAMESPACE_BEGIN
+
+/// Options of Decoder::prefill.
+struct PrefillOptions {
+  Index chunk = 0;          ///< tokens per step (0: as many as the cache policy allows)
+  bool all_logits = false;  ///< logits for every token ([T, V]) instead of the last one ([1, V])
+};
+
+/// Mask of one step, for callers that lay out their own inputs (RMT memory blocks, padded encoders).
+struct StepMask {
+  MaskKind kind = MaskKind::causal;
+  ConstView<std::uint8_t> custom;  ///< [T, keys] for MaskKind::custom
+};
+
+template <class T>
+class Decoder {
+ public:
+  ModelConfig config;
+  Embedding<T> embed;           ///< [vocab, d]
+  Tensor<T> position_table;     ///< [max_positions, d] (learned positions)
+  Tensor<T> type_table;         ///< [type_vocab_size, d] (token types; type 0 is used)
+  Norm<T> embedding_norm;       ///< config.embedding_norm
+  std::vector<Block<T>> blocks;
+  Norm<T> final_norm;           ///< config.final_norm
+  Linear<T> lm_head;            ///< [vocab, d]; empty when tied to the embedding
+  std::vector<double> inv_freq; ///< RoPE frequencies after scaling
+
+  /// A decoder of the standard shape (blocks of attention + MLP) with zero weights and unit norms.
+  static Decoder create(const ModelConfig& c) {
+    c.validate();
+    Decoder m;
+    m.config = c;
+    m.embed.weight = Tensor<T>({c.vocab_size, c.d_model});
+    if (c.positions == PositionKind::learned) m.position_table = Tensor<T>({c.max_positions, c.d_model});
+    if (c.positions == PositionKind::rope) m.inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling);
+    if (c.type_vocab_size > 0) m.type_table = Tensor<T>({c.type_vocab_size, c.d_model});
+    if (c.embedding_norm) m.embedding_norm = Norm<T>(c.norm, c.d_model, c.norm_eps);
+    for (Index l = 0; l < c.n_layers; ++l) {
+      Block<T> b;
+      b.placement = c.placement;
+      b.branches.push_back({Norm<T>(c.norm, c.d_model, c.norm_eps), std::make_unique<SelfAttention<T>>(c)});
+      b.branches.push_back({Norm<T>(c.norm, c.d_model, c.norm_eps),
+                            std::make_unique<Mlp<T>>(c.mlp, c.activation, c.d_model, c.d_ff, c.mlp_bias)});
+      m.blocks.push_back(std::move(b));
+    }
+    if (c.final_norm) m.final_norm = Norm<T>(c.norm, c.d_model, c.norm_eps);
+    if (!c.tie_embeddings) m.lm_head = Linear<T>(c.d_model, c.vocab_size, false);
+    return m;
+  }
+
+  /// Calls f(name, tensor) for every parameter (engram's own names, stable across formats).
+  void visit_parameters(const std::function<void(const std::string&, Tensor<T>&)>& f) {
+    f("embed.weight", embed.weight);
+    if (!position_table.empty()) f("position_table", position_table);
+    if (!type_table.empty()) f("type_table", type_table);
+    auto norm = [&](const std::string& p, Norm<T>& n) {
+      if (!n.weight.empty()) f(p + ".weight", n.weight);
+      if (!n.bias.empty()) f(p + ".bias", n.bias);
+    };
+    norm("embedding_norm", embedding_norm);
+    for (std::size_t l = 0; l < blocks.size(); ++l)
+      for (std::size_t b = 0; b < blocks[l].branches.size(); ++b) {
+        const std::string p = "blocks." + std::to_string(l) + "." + std::to_string(b);
+        norm(p + ".norm", blocks[l].branches[b].norm);
+        blocks[l].branches[b].layer->visit_parameters([&](const std::string& n, Tensor<T>& t) { f(p + "." + n, t); });
+      }
+    norm("final_norm", final_norm);
+    if (!lm_head.weight.empty()) f("lm_head.weight", lm_head.weight);
+  }
+  /// Number of parameters (a tied head counts once).
+  Index n_params() const {
+    Index n = 0;
+    const_cast<Decoder*>(this)->visit_parameters([&](const std::string&, Tensor<T>& t) { n += t.numel(); });
+    return n;
+  }
+
+  /// The per-sequence state: caches (and any other layer state), position, FLOP counter, policy.
+  class State {
+   public:
+    /// Tokens processed so far (the absolute position of the next one).
+    Index position() const { return position_; }
+    FlopCounter flops;
+    const CachePolicy<T>* policy() const { return policy_; }
+    PolicyState* policy_state() { return policy_state_.get(); }
+    /// The KV caches of the attention layers, in order.
+    std::vector<LayerCache<T>*> caches() {
+      std::vector<LayerCache<T>*> c;
+      for (auto& block : layers_)
+        for (auto& s : block)
+          if (s && s->kv_cache()) c.push_back(s->kv_cache());
+      return c;
+    }
+    /// State of branch `branch` of block `block` (null for stateless layers).
+    LayerState<T>* layer_state(Index block, Index branch) { return layers_.at(std::size_t(block)).at(std::size_t(branch)).get(); }
+    /// Bytes held by the sequence: layer states (KV caches, ...) and policy state. The reusable
+    /// scratch workspace is reported separately.
+    std::size_t bytes() const {
+      std::size_t b = policy_state_ ? policy_state_->bytes() : 0;
+      for (const auto& block : layers_)
+        for (const auto& s : block)
+          if (s) b += s->bytes();
+      return b;
+    }
+    std::size_t workspace_bytes() const { return ws_.bytes(); }
+    /// A deep copy (forks the sequence); the workspace is not copied.
+    State copy() const {
+      State s;
+      s.model_ = model_;
+      s.position_ = position_;
+      s.flops = flops;
+      s.policy_ = policy_;
+      s.policy_state_ = policy_state_ ? policy_state_->clone() : nullptr;
+      for (const auto& block : layers_) {
+        s.layers_.emplace_back();
+        for (const auto& st : block) s.layers_.back().push_back(st ? st->clone() : nullptr);
+      }
+      return s;
+    }
+    /// Back to an empty sequence (same model and policy).
+    void reset() { *this = model_->make_state(policy_); }
+
+   private:
+    friend class Decoder;
+    const Decoder* model_ = nullptr;
+    std::vector<std::vector<std::unique_ptr<LayerState<T>>>> layers_;
+    Index position_ = 0;
+    const CachePolicy<T>* policy_ = nullptr;
+    std::unique_ptr<PolicyState> policy_state_;
+    Workspace<T> ws_;
+    std::vector<std::int64_t> positions_;
+    RopeTable<T> rope_;
+  };
+
+  /// A fresh sequence state; `policy` (optional, must outlive the state) manages its KV caches.
+  State make_state(const CachePolicy<T>* policy = nullptr) const {
+    State s;
+    s.model_ = this;
+    s.policy_ = policy;
+    Index n_attention = 0;
+    for (const Block<T>& b : blocks) {
+      s.layers_.emplace_back();
+      for (const Branch<T>& br : b.branches) {
+        s.layers_.back().push_back(br.layer->make_state());
+        if (s.layers_.back().back() && s.layers_.back().back()->kv_cache()) ++n_attention;
+      }
+    }
+    if (policy) {
+      s.policy_state_ = policy->make_state(n_attention, config.n_kv_heads);
+      for (LayerCache<T>* c : s.caches()) policy->attach(*c);
+    }
+    return s;
+  }
+
+  /// Word embeddings of `tokens` [T, d] (no positions).
+  void embed_tokens(std::span<const std::int32_t> tokens, View<T> out) const { embed.lookup(tokens, out); }
+
+  /// One step from word embeddings: adds positions/types (and the embedding norm), runs every block
+  /// and the final norm; x [T, d] holds the embeddings on entry and the final hidden states on exit.
+  void forward_embeddings(View<T> x, State& s, StepMask mask = {}) const {
+    const Index n = x.rows();
+    check(n > 0, "Decoder", "a step needs at least one token");
+    check_shape(x, -1, config.d_model, "Decoder", "embeddings");
+    check(s.model_ == this, "Decoder", "state belongs to another model");
+    s.positions_.resize(std::size_t(n));
+    for (Index i = 0; i < n; ++i) s.positions_[std::size_t(i)] = s.position_ + i;
+    if (config.positions == PositionKind::learned) {
+      check(s.position_ + n <= config.max_positions, "Decoder", "sequence of ", s.position_ + n,
+            " tokens exceeds max_position_embeddings = ", config.max_positions);
+      for (Index i = 0; i < n; ++i) simd::add(x.row(i), position_table.row(s.position_ + i), x.row(i), config.d_model);
+    }
+    if (!type_table.empty())
+      for (Index i = 0; i < n; ++i) simd::add(x.row(i), type_table.row(0), x.row(i), config.d_model);
+    if (config.embedding_norm) embedding_norm.forward(x, x);
+    if (config.positions == PositionKind::rope) s.rope_ = make_rope_table<T>(inv_freq, s.positions_);
+
+    StepContext<T> ctx;
+    ctx.positions = s.positions_;
+    ctx.rope = config.positions == PositionKind::rope ? &s.rope_ : nullptr;
+    ctx.flops = &s.flops;
+    ctx.workspace = &s.ws_;
+    ctx.tokens_seen = s.position_;
+    ctx.mask = (mask.kind == MaskKind::causal && !config.causal) ? MaskKind::none : mask.kind;
+    ctx.custom_mask = mask.custom;
+    ctx.policy = s.policy_;
+    ctx.policy_state = s.policy_state_.get();
+    for (std::size_t l = 0; l < blocks.size(); ++l) blocks[l].forward(x, s.layers_[l], ctx);
+    if (config.final_norm) final_norm.forward(x, x);
+    s.position_ += n;
+    if (s.policy_) {
+      auto caches = s.caches();
+      s.policy_->after_step(caches, s.policy_state_.get(), StepInfo{n, s.position_, &s.flops});
+    }
+  }
+
+  /// out [T, vocab] = hidden [T, d] through the LM head (the embedding when tied).
+  void logits(ConstView<T> hidden, View<T> out, FlopCounter* flops = nullptr) const {
+    const Tensor<T>& w = lm_head.weight.empty() ? embed.weight : lm_head.weight;
+    matmul_nt<T>(hidden, w.view(), out);
+    if (flops) flops->add(FlopCategory::lm_head, flops::gemm(hidden.rows(), w.rows(), w.cols()));
+  }
+
+  /// Runs `tokens` through the model, appending to the state's caches; returns logits of the last
+  /// token [1, V], or of every token [T, V] with all_logits. Steps are at most options.chunk tokens
+  /// and end where the cache policy needs them to (max_step); the result does not depend on either.
+  Tensor<T> prefill(std::span<const std::int32_t> tokens, State& s, PrefillOptions options = {}) const {
+    const Index total = Index(tokens.size());
+    check(total > 0, "Decoder::prefill", "empty token sequence");
+    check(options.chunk >= 0, "Decoder::prefill", "chunk must be >= 0, got ", options.chunk);
+    Tensor<T> out({options.all_logits ? total : 1, config.vocab_size});
+    for (Index i = 0; i < total;) {
+      Index n = total - i;
+      if (options.chunk > 0) n = std::min(n, options.chunk);
+      if (s.policy_) {
+        const Index limit = s.policy_->max_step(s.position_);
+        if (limit > 0) n = std::min(n, limit);
+      }
+      View<T> x = s.ws_.get(7, n, config.d_model);
+      embed.lookup(tokens.subspan(std::size_t(i), std::size_t(n)), x);
+      forward_embeddings(x, s);
+      if (options.all_logits) logits(x, out.view().middle_rows(i, n), &s.flops);
+      else if (i + n == total) logits(x.middle_rows(n - 1, 1), out.view(), &s.flops);
+      i += n;
+    }
+    return out;
+  }
+
+  /// One token; returns its logits [1, V].
+  Tensor<T> decode(std::int32_t token, State& s) const { return prefill(std::span<const std::int32_t>(&token, 1), s); }
+};
+
+/// A bidirectional encoder (BERT-style) is the same stack with config.causal = false.
+template <class T>
+using Encoder = Decoder<T>;
+
+ENGRAM_NAMESPACE_END
