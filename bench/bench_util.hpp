@@ -5,6 +5,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <string>
@@ -25,7 +26,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& r : runs) {
       if (r.error_occurred || r.run_type != Run::RT_Iteration) continue;
-      Entry& e = entries_[r.benchmark_name()];
+      Entry& e = entries_[strip_options(r.benchmark_name())];
       e.times.push_back(r.GetAdjustedRealTime());
       for (const auto& [name, counter] : r.counters) e.counters[name].push_back(counter.value);
     }
@@ -37,7 +38,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
     for (auto& [name, e] : entries_)
       if (name.rfind("fma_peak:", 0) == 0 && e.counters.count("GFLOPs") && e.counters.count("threads"))
         peak_by_threads[std::to_string(int(median(e.counters["threads"])))] = median(e.counters["GFLOPs"]);
-    std::printf("\n%-48s %12s %10s %10s\n", "benchmark (median)", "time", "vs base", "of peak");
+    std::printf("\n%-40s %14s %10s %10s\n", "benchmark (median of runs)", "time/iter", "vs base", "of peak");
     for (auto& [name, e] : entries_) {
       const auto colon = name.find(':');
       const auto slash = name.find('/', colon);
@@ -53,7 +54,10 @@ class RatioReporter : public benchmark::ConsoleReporter {
         if (p != peak_by_threads.end() && name.rfind("fma_peak:", 0) != 0)
           peak = fmt(100.0 * median(e.counters["GFLOPs"]) / p->second, "%");
       }
-      std::printf("%-48s %12.4g %10s %10s\n", name.c_str(), median(e.times), ratio.c_str(), peak.c_str());
+      std::string notes;
+      for (auto& [counter, values] : e.counters)
+        if (counter != "threads") notes += " " + counter + "=" + fmt(median(values), "");
+      std::printf("%-40s %14.4g %10s %10s %s\n", name.c_str(), median(e.times), ratio.c_str(), peak.c_str(), notes.c_str());
     }
   }
 
@@ -62,13 +66,29 @@ class RatioReporter : public benchmark::ConsoleReporter {
     std::vector<double> times;
     std::map<std::string, std::vector<double>> counters;
   };
+  // Drops the run options Google Benchmark appends ("/iterations:3", "/manual_time", ...), so a
+  // variant and its baseline pair up even when they are timed differently.
+  static std::string strip_options(const std::string& name) {
+    std::string out;
+    std::size_t start = 0;
+    while (start <= name.size()) {
+      const std::size_t end = std::min(name.find('/', start), name.size());
+      const std::string part = name.substr(start, end - start);
+      const bool option = part.find(':') != std::string::npos && part.find(':') > 0 && start > 0 &&
+                          (part.rfind("iterations:", 0) == 0 || part.rfind("repeats:", 0) == 0 ||
+                           part.rfind("threads:", 0) == 0 || part.rfind("min_time:", 0) == 0);
+      if (!option && part != "manual_time" && part != "real_time") out += (out.empty() ? "" : "/") + part;
+      start = end + 1;
+    }
+    return out;
+  }
   static double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v.empty() ? 0.0 : v[v.size() / 2];
   }
   static std::string fmt(double x, const char* unit) {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "%.2f%s", x, unit);
+    std::snprintf(buf, sizeof buf, std::abs(x) >= 1e5 || (x != 0 && std::abs(x) < 1e-2) ? "%.3g%s" : "%.2f%s", x, unit);
     return buf;
   }
   std::map<std::string, Entry> entries_;
