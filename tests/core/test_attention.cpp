@@ -107,27 +107,39 @@ double tolerance(const Case& c) {
   return 32 * test::eps<T>() * (4.0 * std::sqrt(double(c.d)) + std::log2(double(c.tk[0]) + 2) + 8) * 5.0;
 }
 
-// Records every tile; checks order and coverage.
+// Records every tile; checks the delivery contract: per KV head, blocks of at most kSinkRows rows in
+// increasing order, aligned to the phase, tiles in increasing key order, then rows_done.
 template <class T>
 class RecordingSink : public ProbabilitySink<T> {
  public:
-  RecordingSink(const Case& c) : c_(c) {
-    for (Index h = 0; h < c.n_kv; ++h) probs.emplace_back(c.tq, c.tk[std::size_t(h)], -1.0), next.push_back(0);
+  RecordingSink(const Case& c, Index phase) : c_(c), phase_(phase) {
+    for (Index h = 0; h < c.n_kv; ++h) probs.emplace_back(c.tq, c.tk[std::size_t(h)], 0.0), next.push_back(0), next_key.push_back(0);
   }
-  void consume(Index kv_head, Index q_begin, ConstView<T> tile) override {
+  void consume(Index kv_head, Index q_begin, Index k_begin, ConstView<T> tile) override {
     std::lock_guard<std::mutex> lock(mutex_);
-    CHECK(q_begin == next[std::size_t(kv_head)]);  // increasing, contiguous, no overlap
+    const std::size_t h = std::size_t(kv_head);
+    CHECK(q_begin == next[h]);
     CHECK(tile.rows() <= kSinkRows);
-    CHECK(tile.cols() == c_.tk[std::size_t(kv_head)]);
+    CHECK((phase_ + q_begin) / kSinkRows == (phase_ + q_begin + tile.rows() - 1) / kSinkRows);  // one block
+    CHECK(k_begin >= next_key[h]);
+    CHECK(k_begin + tile.cols() <= c_.tk[h]);
+    next_key[h] = k_begin + tile.cols();
     for (Index r = 0; r < tile.rows(); ++r)
-      for (Index j = 0; j < tile.cols(); ++j) probs[std::size_t(kv_head)](q_begin + r, j) = double(tile(r, j));
-    next[std::size_t(kv_head)] = q_begin + tile.rows();
+      for (Index j = 0; j < tile.cols(); ++j) probs[h](q_begin + r, k_begin + j) = double(tile(r, j));
+  }
+  void rows_done(Index kv_head, Index q_begin, Index n_rows) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const std::size_t h = std::size_t(kv_head);
+    CHECK(q_begin == next[h]);
+    next[h] = q_begin + n_rows;
+    next_key[h] = 0;
   }
   std::vector<test::Mat> probs;
-  std::vector<Index> next;
+  std::vector<Index> next, next_key;
 
  private:
   Case c_;
+  Index phase_;
   std::mutex mutex_;
 };
 
@@ -140,8 +152,9 @@ void run_case(const Case& c, std::uint64_t seed, bool with_sink) {
   in.mask = c.mask;
   in.offset = c.offset;
   if (c.mask == MaskKind::custom) in.custom_mask = p.mask.view();
-  RecordingSink<T> sink(c);
-  if (with_sink) in.sink = &sink;
+  const Index phase = Index(seed % kSinkRows);  // exercise unaligned starts too
+  RecordingSink<T> sink(c, phase);
+  if (with_sink) in.sink = &sink, in.sink_phase = phase;
   const auto ref = reference<T>(c, p, in);
   attention<T>(in);
   INFO("tq=" << c.tq << " heads=" << c.n_heads << "/" << c.n_kv << " d=" << c.d << " tk0=" << c.tk[0]

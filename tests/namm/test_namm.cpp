@@ -39,7 +39,8 @@ void feed_update(const NammPolicy<float>& policy, const Checkpoint& f, Index u, 
       Tensor<float> tile({16, n});
       for (Index r = 0; r < 16; ++r)
         for (Index j = 0; j < n; ++j) tile(r, j) = 0.5f * (attn.mat(2 * h)(q0 + r, j) + attn.mat(2 * h + 1)(q0 + r, j));
-      sink->consume(h, q0, tile.view());
+      sink->consume(h, q0, 0, tile.view());
+      sink->rows_done(h, q0, 16);
     }
 }
 
@@ -254,7 +255,8 @@ TEST_CASE("streaming features equal the batched form of the official code", "[na
     ProbabilitySink<double>* sink = policy.sink(0, cache, state.get(), StepInfo{1, old + q + 1, nullptr});
     Tensor<double> row({1, old + q + 1});
     for (Index k = 0; k <= old + q; ++k) row(0, k) = A(q, k);
-    sink->consume(0, 0, row.view());
+    sink->consume(0, 0, 0, row.view());
+    sink->rows_done(0, 0, 1);
   }
   test::require_close<double>(t.column(t.column_id(kEmaColumn)), ref, 1e-12, "streaming EMA");
 }

@@ -31,7 +31,7 @@ void step(const CachePolicy<float>& p, LayerCache<float>& c, PolicyState* st, co
   const StepInfo info{probs.rows(), tokens_seen, nullptr};
   if (p.needs_attention())
     if (ProbabilitySink<float>* sink = p.sink(0, c, st, info))
-      for (Index h = 0; h < c.n_heads(); ++h) sink->consume(h, 0, probs.view());
+      for (Index h = 0; h < c.n_heads(); ++h) sink->consume(h, 0, 0, probs.view()), sink->rows_done(h, 0, probs.rows());
   p.after_layer(0, c, st, info);
 }
 

@@ -25,19 +25,26 @@ enum class MaskKind {
   custom           ///< an explicit [Tq, Tk] mask, nonzero = visible
 };
 
-/// Receives post-softmax probability tiles. For each KV head, tiles arrive in increasing query
-/// order, at most kSinkRows queries at a time; different KV heads may be delivered concurrently
-/// from different threads (never the same KV head twice at once).
+/// Receives post-softmax probability tiles, averaged over the query heads of each GQA group. For
+/// each KV head, queries arrive in blocks of at most kSinkRows rows aligned to
+/// AttentionInput::sink_phase (so a block never straddles a multiple of kSinkRows in the caller's
+/// numbering), in increasing order; each block's tiles come in increasing key order, then
+/// rows_done(). Only keys some row of the block may see are delivered; the others have probability
+/// 0. Different KV heads may be delivered concurrently from different threads (never the same KV
+/// head twice at once).
 template <class T>
 class ProbabilitySink {
  public:
   virtual ~ProbabilitySink() = default;
-  /// probs: [n_rows, Tk_h] probabilities of queries q_begin .. q_begin + n_rows - 1, averaged over
-  /// the query heads of `kv_head`; masked entries are 0.
-  virtual void consume(Index kv_head, Index q_begin, ConstView<T> probs) = 0;
+  /// probs [n_rows, n_keys]: queries q_begin .. q_begin + n_rows - 1, keys k_begin .. k_begin + n_keys - 1.
+  virtual void consume(Index kv_head, Index q_begin, Index k_begin, ConstView<T> probs) = 0;
+  /// Every tile of queries q_begin .. q_begin + n_rows - 1 has been delivered.
+  virtual void rows_done(Index kv_head, Index q_begin, Index n_rows) {
+    (void)kv_head, (void)q_begin, (void)n_rows;
+  }
 };
 
-/// Query rows per sink tile: one NAMM hop (16 queries).
+/// Query rows per sink block: one NAMM hop (16 queries).
 inline constexpr Index kSinkRows = 16;
 
 /// Arguments of attention(). Shapes: q and out [Tq, n_heads * head_dim] (head h in columns
@@ -55,7 +62,8 @@ struct AttentionInput {
   MaskKind mask = MaskKind::causal;
   Index offset = -1;                      ///< index of query 0 among the keys; -1: Tk_h - Tq (causal), 0 otherwise
   ConstView<std::uint8_t> custom_mask;    ///< [Tq, Tk] for MaskKind::custom
-  ProbabilitySink<T>* sink = nullptr;     ///< optional; costs one extra strip buffer, no extra FLOPs
+  ProbabilitySink<T>* sink = nullptr;     ///< optional: recomputes Q K^T once more (+50% FLOPs), no extra memory
+  Index sink_phase = 0;                   ///< (caller's index of query 0) mod kSinkRows: aligns the sink blocks
 };
 
 namespace attention_detail {
@@ -298,9 +306,10 @@ const std::uint8_t* custom_row(const Plan<T>& plan, Index qi, Index j0) {
   return plan.in.mask == MaskKind::custom ? plan.in.custom_mask.row(qi) + j0 : nullptr;
 }
 
-// Online-softmax attention of a set of query rows against one KV head.
+// Online-softmax attention of a set of query rows against one KV head. When `m_out`/`l_out` are
+// given, the final row maxima and normalisers are stored there (the sink's second pass needs them).
 template <class T>
-void flash_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, RowSet rows) {
+void flash_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, RowSet rows, T* m_out = nullptr, T* l_out = nullptr) {
   constexpr Index KB = kKeyBlock<T>;
   const Index n = rows.n, d_pad = plan.d_pad;
   T* qs = thread_scratch<ScratchTag, 0, T>(n * d_pad);
@@ -331,46 +340,49 @@ void flash_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, RowS
     const T inv = l[r] > T(0) ? T(1) / l[r] : T(0);
     for (Index c = 0; c < plan.d; ++c) dst[c] = o[r * d_pad + c] * inv;
   }
+  if (m_out) std::copy_n(m, n, m_out);
+  if (l_out) std::copy_n(l, n, l_out);
 }
 
-// Exact-probability attention of queries [q0, q1) for every query head of one KV head; the
-// probabilities averaged over the group go to the sink.
+// Attention of queries [q0, q1) for every query head of one KV head, then the exact probabilities
+// for the sink: pass 1 is the flash algorithm per head (outputs, row maxima m and normalisers l);
+// pass 2 recomputes each score tile, normalises it with the final m and l, averages it over the
+// group and hands it over. Memory stays O(rows x block); the cost is one more Q K^T.
 template <class T>
 void sink_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, Index q0, Index q1) {
   constexpr Index KB = kKeyBlock<T>;
-  const Index n = q1 - q0, d_pad = plan.d_pad, nk = kv.k.rows();
-  const Index ld = (nk + KB - 1) / KB * KB;
-  T* qs = thread_scratch<ScratchTag, 0, T>(n * d_pad);
-  T* o = thread_scratch<ScratchTag, 1, T>(n * d_pad);
-  T* p = thread_scratch<ScratchTag, 5, T>(n * ld);
-  T* avg = thread_scratch<ScratchTag, 6, T>(n * ld);
+  const Index n = q1 - q0, d_pad = plan.d_pad, G = plan.group;
+  T* m = thread_scratch<ScratchTag, 7, T>(G * kSinkRows);
+  T* l = thread_scratch<ScratchTag, 8, T>(G * kSinkRows);
+  T* qs = thread_scratch<ScratchTag, 9, T>(G * kSinkRows * d_pad);
+  T* s = thread_scratch<ScratchTag, 10, T>(kSinkRows * KB);
+  T* avg = thread_scratch<ScratchTag, 11, T>(kSinkRows * KB);
   Index qi[kSinkRows], qh[kSinkRows];
-  std::fill(avg, avg + n * ld, T(0));
-  const auto [first, last] = plan.key_range(kv_head, q0, q1);
-  const Index first_block = first / KB * KB;
-  const T inv_group = T(1) / T(plan.group);
-  for (Index g = 0; g < plan.group; ++g) {
-    for (Index r = 0; r < n; ++r) qi[r] = q0 + r, qh[r] = kv_head * plan.group + g;
-    gather_queries(plan, RowSet{qi, qh, n}, qs, d_pad);
-    for (Index j0 = first_block; j0 < last; j0 += KB)
-      block_scores(plan, kv, qs, d_pad, n, j0, std::min(KB, nk - j0), p + j0, ld);
-    for (Index r = 0; r < n; ++r) {
-      T* row = p + r * ld;
-      const Visible vis = plan.visible(kv_head, qi[r], 0, nk);
-      const Index lo = std::max(vis.lo, first), hi = std::min(vis.hi, last);
-      apply_mask(row, nk, Visible{lo, std::max(lo, hi)}, custom_row(plan, qi[r], 0));
-      softmax_row(row, nk, lo, std::max(lo, hi));
-      simd::axpy(inv_group, row, avg + r * ld, nk);
-    }
-    std::fill(o, o + n * d_pad, T(0));
-    if (last > first)
-      pv_accumulate(p + first, ld, n, last - first, kv.v.row(0) + first * kv.v.stride(), kv.v.stride(), o, d_pad, d_pad);
-    for (Index r = 0; r < n; ++r) {
-      T* dst = plan.in.out.row(qi[r]) + qh[r] * plan.d;
-      std::copy_n(o + r * d_pad, plan.d, dst);
-    }
+  for (Index g = 0; g < G; ++g) {
+    for (Index r = 0; r < n; ++r) qi[r] = q0 + r, qh[r] = kv_head * G + g;
+    flash_task(plan, kv_head, kv, RowSet{qi, qh, n}, m + g * kSinkRows, l + g * kSinkRows);
+    gather_queries(plan, RowSet{qi, qh, n}, qs + g * kSinkRows * d_pad, d_pad);
   }
-  plan.in.sink->consume(kv_head, q0, ConstView<T>(avg, n, nk, ld));
+  const auto [first, last] = plan.key_range(kv_head, q0, q1);
+  const T inv_group = T(1) / T(G);
+  for (Index j0 = first / KB * KB; j0 < last; j0 += KB) {
+    const Index bc = std::min(KB, kv.k.rows() - j0);
+    std::fill(avg, avg + n * KB, T(0));
+    for (Index g = 0; g < G; ++g) {
+      block_scores(plan, kv, qs + g * kSinkRows * d_pad, d_pad, n, j0, bc, s, KB);
+      for (Index r = 0; r < n; ++r) {
+        T* row = s + r * KB;
+        const Visible vis = plan.visible(kv_head, q0 + r, j0, bc);
+        apply_mask(row, bc, vis, custom_row(plan, q0 + r, j0));
+        const T lr = l[g * kSinkRows + r];
+        if (!(lr > T(0)) || vis.hi <= vis.lo) continue;  // a row that sees nothing has no probability
+        exp_shifted(row + vis.lo, vis.hi - vis.lo, m[g * kSinkRows + r]);
+        simd::axpy(inv_group / lr, row + vis.lo, avg + r * KB + vis.lo, vis.hi - vis.lo);
+      }
+    }
+    plan.in.sink->consume(kv_head, q0, j0, ConstView<T>(avg, n, bc, KB));
+  }
+  plan.in.sink->rows_done(kv_head, q0, n);
 }
 
 template <class T>
@@ -401,8 +413,8 @@ void validate(const AttentionInput<T>& in) {
 
 /// Multi-head attention softmax(scale * Q K^T + mask) V per head, fused: scores are produced in
 /// register tiles and consumed by an online softmax, so memory stays O(rows x block). With a sink,
-/// probabilities are computed exactly per block of kSinkRows queries (one strip of keys at a time)
-/// and handed over averaged across each GQA group. Rows that see no key produce zeros.
+/// a second pass over each block of kSinkRows queries recomputes the score tiles and hands the
+/// exact probabilities over, averaged across each GQA group. Rows that see no key produce zeros.
 template <class T>
 void attention(const AttentionInput<T>& in) {
   using namespace attention_detail;
@@ -436,7 +448,12 @@ void attention(const AttentionInput<T>& in) {
 
   if (in.sink) {
     parallel_for(0, n_kv, [&](Index h) {
-      for (Index q0 = 0; q0 < n_q; q0 += kSinkRows) sink_task(plan, h, kvs[std::size_t(h)], q0, std::min(n_q, q0 + kSinkRows));
+      // The first block is short when the caller's numbering does not start on a block boundary.
+      for (Index q0 = 0; q0 < n_q;) {
+        const Index q1 = std::min(n_q, q0 == 0 ? kSinkRows - (in.sink_phase % kSinkRows) : q0 + kSinkRows);
+        sink_task(plan, h, kvs[std::size_t(h)], q0, q1);
+        q0 = q1;
+      }
     });
   } else if (tiled) {
     const Index n_blocks = (n_q + kQueryBlock - 1) / kQueryBlock;

@@ -29,6 +29,13 @@ std::vector<Index> keep_best(const std::vector<Index>& candidates, Index keep, c
   order.erase(std::unique(order.begin(), order.end()), order.end());
   return order;
 }
+template <class T>
+void clear_column(LayerCache<T>& c, const char* name) {
+  for (Index h = 0; h < c.n_heads(); ++h) {
+    auto col = c.head(h).column(c.head(h).column_id(name));
+    for (Index i = 0; i < col.rows(); ++i) col(i, 0) = T(0);
+  }
+}
 inline std::vector<Index> range(Index begin, Index end) {
   std::vector<Index> r;
   for (Index i = begin; i < end; ++i) r.push_back(i);
@@ -45,8 +52,9 @@ class SinkState final : public PolicyState {
 };
 
 // Adds every query's probabilities into one per-token column (H2O's accumulated attention, SnapKV's
-// observation-window scores) or keeps only the last query's (TOVA). Queries before `first_query`
-// (absolute index) are ignored.
+// observation-window scores) or keeps only the last query's (TOVA, which clears the column first:
+// keys a tile does not deliver have probability 0). Queries before `first_query` (absolute index)
+// are ignored.
 template <class T>
 class ColumnSink final : public ProbabilitySink<T> {
  public:
@@ -54,12 +62,12 @@ class ColumnSink final : public ProbabilitySink<T> {
   const char* column = nullptr;
   Index step_start = 0, first_query = 0;
   bool last_only = false;
-  void consume(Index kv_head, Index q_begin, ConstView<T> probs) override {
+  void consume(Index kv_head, Index q_begin, Index k_begin, ConstView<T> probs) override {
     TokenTable<T>& t = cache->head(kv_head);
     View<T> col = t.column(t.column_id(column));
     for (Index r = 0; r < probs.rows(); ++r) {
       if (step_start + q_begin + r < first_query) continue;
-      for (Index j = 0; j < probs.cols(); ++j) col(j, 0) = last_only ? probs(r, j) : col(j, 0) + probs(r, j);
+      for (Index j = 0; j < probs.cols(); ++j) col(k_begin + j, 0) = last_only ? probs(r, j) : col(k_begin + j, 0) + probs(r, j);
     }
   }
 };
@@ -180,10 +188,7 @@ class SnapKVPolicy final : public detail::BudgetPolicy<T> {
   void attach(LayerCache<T>& c) const override { c.add_column(kColumn, 1); }
   ProbabilitySink<T>* sink(Index layer, LayerCache<T>& c, PolicyState* st, const StepInfo& step) const override {
     if (step.n_new < 2) return nullptr;  // decode steps: full speed, no scores
-    for (Index h = 0; h < c.n_heads(); ++h) {
-      auto col = c.head(h).column(c.head(h).column_id(kColumn));
-      for (Index i = 0; i < col.rows(); ++i) col(i, 0) = T(0);
-    }
+    detail::clear_column(c, kColumn);
     auto& s = static_cast<detail::SinkState<T, detail::ColumnSink<T>>*>(st)->sinks.at(std::size_t(layer));
     s.cache = &c, s.column = kColumn, s.step_start = step.tokens_seen - step.n_new;
     s.first_query = step.tokens_seen - std::min(window_, step.n_new), s.last_only = false;
@@ -228,6 +233,7 @@ class TovaPolicy final : public detail::BudgetPolicy<T> {
   }
   void attach(LayerCache<T>& c) const override { c.add_column(kColumn, 1); }
   ProbabilitySink<T>* sink(Index layer, LayerCache<T>& c, PolicyState* st, const StepInfo& step) const override {
+    detail::clear_column(c, kColumn);
     auto& s = static_cast<detail::SinkState<T, detail::ColumnSink<T>>*>(st)->sinks.at(std::size_t(layer));
     s.cache = &c, s.column = kColumn, s.step_start = step.tokens_seen - step.n_new, s.first_query = step.tokens_seen - 1;
     s.last_only = true;

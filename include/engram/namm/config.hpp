@@ -2,10 +2,12 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 
 #include "engram/core/error.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
+namespace namm {
 
 /// A cache budget per KV head: a number of tokens, or a fraction of the tokens seen so far.
 struct Budget {
@@ -54,4 +56,5 @@ struct NammConfig {
   }
 };
 
+}  // namespace namm
 ENGRAM_NAMESPACE_END

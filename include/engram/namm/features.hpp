@@ -8,6 +8,7 @@
 #include <span>
 
 #include "engram/core/gemm.hpp"
+#include "engram/core/simd.hpp"
 #include "engram/namm/config.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
@@ -37,25 +38,20 @@ class SpectrogramTransform {
   /// spec [n, 17] = |DFT(w * frame)| for frames [n, 32]; `work` is [n, 32] scratch.
   void magnitudes(ConstView<T> frames, View<T> work, View<T> spec) const {
     matmul_nt<T>(frames, dft_.view(), work);
-    for (Index i = 0; i < frames.rows(); ++i) {
-      const T* re_im = work.row(i);
-      T* out = spec.row(i);
-      out[0] = std::abs(re_im[0]);
-      out[kBins - 1] = std::abs(re_im[kBins - 1]);
-      for (Index f = 1; f < kBins - 1; ++f) out[f] = std::hypot(re_im[f], re_im[kBins + f - 1]);
-    }
+    for (Index i = 0; i < frames.rows(); ++i) bin_magnitudes(work.row(i), spec.row(i));
   }
 
   /// Completes a hop for n tokens: the frame of each token is its history row (previous 16 queries,
   /// then the 16 of this hop); ema <- a * ema + (1 - a) * |STFT| with a = gamma^16; then the history
-  /// shifts (this hop becomes the previous one). `work` is [n, 32] and `spec` [n, 17] scratch.
-  void complete_hop(View<T> history, View<T> ema, T a, View<T> work, View<T> spec) const {
+  /// shifts (this hop becomes the previous one). `work` is [n, 32] scratch.
+  void complete_hop(View<T> history, View<T> ema, T a, View<T> work) const {
     const Index n = history.rows();
-    magnitudes(history, work, spec);
+    matmul_nt<T>(history, dft_.view(), work);
+    alignas(64) T mag[kWindow];
     for (Index i = 0; i < n; ++i) {
+      bin_magnitudes(work.row(i), mag);
       T* e = ema.row(i);
-      const T* s = spec.row(i);
-      for (Index f = 0; f < kBins; ++f) e[f] = a * e[f] + (T(1) - a) * s[f];
+      for (Index f = 0; f < kBins; ++f) e[f] = a * e[f] + (T(1) - a) * mag[f];
       T* h = history.row(i);
       std::copy_n(h + kHop, kHop, h);
       std::fill_n(h + kHop, kHop, T(0));
@@ -66,6 +62,27 @@ class SpectrogramTransform {
   static double flops_per_token() { return 2.0 * kWindow * kWindow + 4.0 * kBins + 3.0 * kBins; }
 
  private:
+  // mag[0..16] from one GEMM row [re_0..re_16 | im_1..im_15]: bins 0..15 in registers (the imaginary
+  // part of bin f sits at 16 + f, bin 0's is zero), the Nyquist bin is real.
+  static void bin_magnitudes(const T* re_im, T* mag) {
+    using B = simd::batch<T>;
+    constexpr Index W = simd::width<T>;
+    static_assert(kHop % W == 0 || W > kHop, "SIMD width must divide 16");
+    if constexpr (W <= kHop) {
+      const auto not_dc = !simd::first_lanes<T>(1);
+      for (Index f0 = 0; f0 < kHop; f0 += W) {
+        const B re = simd::load(re_im + f0);
+        B im = simd::load(re_im + kHop + f0);
+        if (f0 == 0) im = xsimd::select(not_dc, im, B(T(0)));
+        simd::store(mag + f0, xsimd::sqrt(xsimd::fma(re, re, im * im)));
+      }
+    } else {
+      mag[0] = std::abs(re_im[0]);
+      for (Index f = 1; f < kHop; ++f) mag[f] = std::sqrt(re_im[f] * re_im[f] + re_im[kHop + f] * re_im[kHop + f]);
+    }
+    mag[kBins - 1] = std::abs(re_im[kBins - 1]);
+  }
+
   Tensor<T> dft_;
 };
 

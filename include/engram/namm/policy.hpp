@@ -42,8 +42,8 @@ namespace detail {
 struct HopScratch {};
 
 // Writes each query's attention into the current-hop half of every token's history and completes a
-// hop (STFT + EMA) after the 16th query. One per (sequence, layer); heads are independent, so
-// concurrent calls for different KV heads are safe.
+// hop (STFT + EMA) once the 16th query of the hop is done. One per (sequence, layer); heads are
+// independent, so concurrent calls for different KV heads are safe.
 template <class T>
 class HistorySink final : public ProbabilitySink<T> {
  public:
@@ -53,22 +53,25 @@ class HistorySink final : public ProbabilitySink<T> {
   T a = T(0);
   bool round_bf16 = false;
 
-  void consume(Index kv_head, Index q_begin, ConstView<T> probs) override {
+  void consume(Index kv_head, Index q_begin, Index k_begin, ConstView<T> probs) override {
     TokenTable<T>& table = cache->head(kv_head);
     View<T> hist = table.column(table.column_id(kHistoryColumn));
-    View<T> ema = table.column(table.column_id(kEmaColumn));
-    const Index n = probs.cols();
-    check(n == table.size(), "namm::HistorySink", "probabilities over ", n, " keys for a cache of ", table.size());
-    for (Index r = 0; r < probs.rows(); ++r) {
-      const Index slot = (step_start + q_begin + r) % NammConfig::kHop;
-      const T* p = probs.row(r);
-      for (Index j = 0; j < n; ++j) hist(j, NammConfig::kHop + slot) = round_bf16 ? to_bf16(p[j]) : p[j];
-      if (slot == NammConfig::kHop - 1) {
-        View<T> work(thread_scratch<HopScratch, 0, T>(n * 32), n, 32, 32);
-        View<T> spec(thread_scratch<HopScratch, 1, T>(n * NammConfig::kBins), n, NammConfig::kBins, NammConfig::kBins);
-        stft->complete_hop(hist, ema, a, work, spec);
-      }
+    check(k_begin + probs.cols() <= table.size(), "namm::HistorySink", "probabilities for keys up to ", k_begin + probs.cols(),
+          " in a cache of ", table.size());
+    // Blocks never straddle a hop, so each key's slots of this block are contiguous in its history row.
+    const Index slot0 = (step_start + q_begin) % NammConfig::kHop;
+    for (Index j = 0; j < probs.cols(); ++j) {
+      T* h = hist.row(k_begin + j) + NammConfig::kHop + slot0;
+      for (Index r = 0; r < probs.rows(); ++r) h[r] = round_bf16 ? to_bf16(probs(r, j)) : probs(r, j);
     }
+  }
+
+  void rows_done(Index kv_head, Index q_begin, Index n_rows) override {
+    if ((step_start + q_begin + n_rows) % NammConfig::kHop != 0) return;  // the hop is not complete yet
+    TokenTable<T>& table = cache->head(kv_head);
+    const Index n = table.size();
+    View<T> work(thread_scratch<HopScratch, 0, T>(n * NammConfig::kWindow), n, NammConfig::kWindow, NammConfig::kWindow);
+    stft->complete_hop(table.column(table.column_id(kHistoryColumn)), table.column(table.column_id(kEmaColumn)), a, work);
   }
 
  private:

@@ -74,12 +74,14 @@ class SelfAttention final : public SequenceLayer<T> {
     in.custom_mask = ctx.custom_mask;
     const StepInfo step{n, ctx.tokens_seen + n, ctx.flops};
     if (ctx.policy && ctx.policy->needs_attention()) in.sink = ctx.policy->sink(ctx.attention_layer, cache, ctx.policy_state, step);
+    in.sink_phase = ctx.tokens_seen % kSinkRows;
     attention<T>(in);
     if (ctx.flops) {
       double pairs = 0;
       for (Index h = 0; h < n_kv_heads; ++h) pairs += visible_pairs(in, h);
       const double per_product = flops::attention_product(pairs * double(n_heads / n_kv_heads), head_dim);
-      ctx.flops->add(FlopCategory::attention_scores, per_product);
+      // Streaming exact probabilities to a policy recomputes Q K^T once: count it.
+      ctx.flops->add(FlopCategory::attention_scores, in.sink ? 2 * per_product : per_product);
       ctx.flops->add(FlopCategory::attention_values, per_product);
     }
     out.forward(attn, y, ctx.flops);
