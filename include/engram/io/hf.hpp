@@ -317,12 +317,17 @@ void bind_bert(WeightBinder<T>& b, Model<T>& model, const std::string& p) {
 }
 }  // namespace detail
 
+/// Binds tensors that a wrapper adds to a backbone checkpoint (e.g. an RMT memory) through the
+/// same binder, so their problems are reported together with the backbone's.
+template <class T>
+using ExtraTensors = std::function<void(WeightBinder<T>&, Model<T>&)>;
+
 /// Loads config.json and the safetensors weights (single file or sharded) of a Llama-family,
 /// GPT-2 or BERT checkpoint directory. Weights in F32, F16 or BF16 are converted to T. A
 /// checkpoint whose tensors do not match the config throws one Error that names every missing,
-/// unexpected or mis-shaped tensor.
+/// unexpected or mis-shaped tensor. `extra` (optional) binds tensors beyond the architecture's.
 template <class T>
-Model<T> load_model(const std::filesystem::path& dir) {
+Model<T> load_model(const std::filesystem::path& dir, const ExtraTensors<T>& extra = {}) {
   const json::Value cfg = read_json_file(dir / "config.json");
   Model<T> model{Decoder<T>::create(config_from_json(cfg)), {}};
   const Checkpoint ck = Checkpoint::open(dir);
@@ -331,6 +336,7 @@ Model<T> load_model(const std::filesystem::path& dir) {
   if (arch == "gpt2") detail::bind_gpt2(b, model.decoder, ck.contains("transformer.wte.weight") ? "transformer." : "");
   else if (arch == "bert") detail::bind_bert(b, model, ck.contains("bert.embeddings.word_embeddings.weight") ? "bert." : "");
   else detail::bind_llama(b, model.decoder);
+  if (extra) extra(b, model);
   b.finish();
   return model;
 }

@@ -1,0 +1,377 @@
+// The FLOPs report: RMT versus full attention with a KV cache on a small GPT-2-like model (d = 256,
+// 4 layers), measured (wall time, tracked state bytes, process peak RSS, counted FLOPs) beside the
+// analytic FLOPs of rmt.md 8, from 1k to 64k tokens, and RMT alone up to 1M tokens; plus the
+// analytic OPT 125M..175B curves of the scaling report's Figure 3 up to 2M tokens. Writes a table to
+// stdout, CSV files and log-log SVG plots (hand-written SVG, no dependencies).
+//
+//   bench_rmt [--out PREFIX] [--max-full N] [--max-rmt N] [--quick]
+//
+// PREFIX (default "rmt_report") names PREFIX.csv, PREFIX.svg, PREFIX_opt.csv and PREFIX_opt.svg.
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+#include "engram/nn/init.hpp"
+#include "engram/rmt/flops_report.hpp"
+#include "engram/rmt/init.hpp"
+#include "engram/rmt/recurrent.hpp"
+#include "engram/tasks/memory_tasks.hpp"
+
+using namespace engram;
+namespace fr = engram::rmt::flops_report;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr Index kSegment = 512;  // RMT content tokens per segment (the report's 512, BABILong's GPT-2)
+constexpr Index kMemory = 16;    // memory tokens (BABILong GPT-2, rmt.md 1.3): n' = 512 + 2 * 16 = 544
+constexpr Index kMaxFull = 1 << 16;
+constexpr double kMiB = 1024.0 * 1024.0;
+
+/// GPT-2-like: byte vocabulary (261), d = 256, 4 layers of 4 heads, FFN 1024, learned positions for
+/// 64k tokens (full attention needs them; RMT uses the first 544).
+ModelConfig small_config() {
+  auto c = ModelConfig::gpt2(tasks::ByteTokenizer::vocab_size, 256, 4, 4, kMaxFull);
+  c.d_ff = 1024;
+  return c;
+}
+fr::ModelShape small_shape() {
+  const ModelConfig c = small_config();
+  return {"small GPT-2 (d 256, L 4)", c.vocab_size, c.n_layers, c.d_model, c.n_heads, c.d_ff};
+}
+
+// ---------------------------------------------------------------------------- process memory
+
+/// A /proc/self/status field in KiB (0 when unavailable).
+double status_kib(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const std::size_t n = std::strlen(key);
+  while (std::getline(f, line))
+    if (line.compare(0, n, key) == 0) return std::atof(line.c_str() + n);
+  return 0;
+}
+/// Returns freed heap to the OS and resets the peak-RSS mark (Linux: "5" > clear_refs), so the next
+/// VmHWM reading is the peak of the next run only. False when the kernel refuses.
+bool reset_peak_rss() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  f.flush();
+  return bool(f);
+}
+
+// ---------------------------------------------------------------------------- measurements
+
+struct Run {
+  double seconds = 0, tracked_bytes = 0, rss_peak_bytes = 0, counted_flops = 0, analytic_flops = 0;
+  bool done = false;
+};
+
+struct Row {
+  Index tokens = 0;
+  Run full, rmt;
+};
+
+const tasks::Corpus& corpus() {
+  static const tasks::Corpus c = [] {
+    try {
+      return tasks::Corpus::fortunes();
+    } catch (const Error& e) {
+      std::fprintf(stderr, "note: %s; using a built-in text instead\n", e.what());
+      return tasks::Corpus::from_text("Memory is the treasury and guardian of all things.\n%\nThe palest ink is better than the best memory.\n");
+    }
+  }();
+  return c;
+}
+
+/// The input: a fact-detection sample of n tokens (the fact at a random segment start, the question at the end).
+tasks::SampleStream input(Index n) { return tasks::SampleStream(corpus(), {tasks::Task::fact_detection, n, kSegment}, 1); }
+
+Run measure_full(const Decoder<float>& model, Index n) {
+  std::vector<std::int32_t> tokens(static_cast<std::size_t>(n));
+  input(n).read(tokens);
+  const bool rss = reset_peak_rss();
+  const double rss_before = status_kib("VmRSS:") * 1024;
+  Run r;
+  const auto t0 = Clock::now();
+  auto s = model.make_state();
+  // A KV-cache prefill in 1024-token steps: the way a decoder reads a long prompt.
+  auto logits = model.prefill(tokens, s, {.chunk = 1024});
+  benchmark::DoNotOptimize(logits.data());
+  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  r.tracked_bytes = double(s.bytes() + s.workspace_bytes());
+  r.rss_peak_bytes = rss ? status_kib("VmHWM:") * 1024 - rss_before : 0;
+  r.counted_flops = s.flops.total();
+  r.analytic_flops = fr::full_flops(small_shape(), double(n), fr::kOneVocabMatmul);
+  r.done = true;
+  return r;
+}
+
+Run measure_rmt(const rmt::RecurrentWrapper<float>& model, Index n) {
+  auto in = input(n);
+  std::vector<std::int32_t> chunk(4096);
+  const bool rss = reset_peak_rss();
+  const double rss_before = status_kib("VmRSS:") * 1024;
+  Run r;
+  double seconds = 0;
+  auto s = model.make_state();
+  // Streaming: the input arrives in 4096-token chunks (generated outside the timed region).
+  while (in.remaining() > 0) {
+    const Index got = in.read(chunk);
+    const auto t0 = Clock::now();
+    model.push(std::span<const std::int32_t>(chunk).first(std::size_t(got)), s);
+    seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+  const auto t0 = Clock::now();
+  model.finish(s);
+  benchmark::DoNotOptimize(s.readout().data());
+  r.seconds = seconds + std::chrono::duration<double>(Clock::now() - t0).count();
+  r.tracked_bytes = double(s.peak_bytes());
+  r.rss_peak_bytes = rss ? status_kib("VmHWM:") * 1024 - rss_before : 0;
+  r.counted_flops = s.flops.total();
+  r.analytic_flops = fr::rmt_flops(small_shape(), double(n), {kSegment, kMemory, rmt::Layout::decoder}, fr::kOneVocabMatmul);
+  r.done = true;
+  return r;
+}
+
+// ---------------------------------------------------------------------------- SVG
+
+struct Series {
+  std::string name, color;
+  bool dashed = false;
+  std::vector<std::pair<double, double>> points;  // (x, y), positive
+};
+
+std::string num(double x) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f", x);
+  return b;
+}
+std::string tick_label(double v) {
+  const int e = int(std::lround(std::log10(v)));
+  if (e >= 0 && e <= 3) return std::to_string(int(std::lround(v)));
+  return "1e" + std::to_string(e);
+}
+
+/// One log-log panel at (x0, y0) of size w x h: decade grid, axes labels, polylines, legend.
+void svg_panel(std::ostream& o, double x0, double y0, double w, double h, const std::string& title, const std::string& xlabel,
+               const std::string& ylabel, const std::vector<Series>& series) {
+  double xmin = 1e300, xmax = 0, ymin = 1e300, ymax = 0;
+  for (const auto& s : series)
+    for (auto [x, y] : s.points)
+      if (x > 0 && y > 0) xmin = std::min(xmin, x), xmax = std::max(xmax, x), ymin = std::min(ymin, y), ymax = std::max(ymax, y);
+  if (xmax <= 0) return;
+  const double lx0 = std::floor(std::log10(xmin)), lx1 = std::ceil(std::log10(xmax));
+  const double ly0 = std::floor(std::log10(ymin)), ly1 = std::max(std::ceil(std::log10(ymax)), ly0 + 1);
+  const double pl = 70, pr = 10, pt = 30, pb = 45;  // margins for labels
+  const double pw = w - pl - pr, ph = h - pt - pb;
+  auto X = [&](double x) { return x0 + pl + (std::log10(x) - lx0) / std::max(lx1 - lx0, 1.0) * pw; };
+  auto Y = [&](double y) { return y0 + pt + ph - (std::log10(y) - ly0) / (ly1 - ly0) * ph; };
+  o << "<text x='" << num(x0 + w / 2) << "' y='" << num(y0 + 18) << "' text-anchor='middle' font-size='14' font-weight='bold'>" << title
+    << "</text>\n";
+  o << "<rect x='" << num(x0 + pl) << "' y='" << num(y0 + pt) << "' width='" << num(pw) << "' height='" << num(ph)
+    << "' fill='none' stroke='#444'/>\n";
+  for (double e = lx0; e <= lx1; ++e) {
+    const double x = X(std::pow(10.0, e));
+    o << "<line x1='" << num(x) << "' y1='" << num(y0 + pt) << "' x2='" << num(x) << "' y2='" << num(y0 + pt + ph)
+      << "' stroke='#ddd'/>\n<text x='" << num(x) << "' y='" << num(y0 + pt + ph + 15) << "' text-anchor='middle' font-size='11'>"
+      << tick_label(std::pow(10.0, e)) << "</text>\n";
+  }
+  for (double e = ly0; e <= ly1; ++e) {
+    const double y = Y(std::pow(10.0, e));
+    o << "<line x1='" << num(x0 + pl) << "' y1='" << num(y) << "' x2='" << num(x0 + pl + pw) << "' y2='" << num(y)
+      << "' stroke='#ddd'/>\n<text x='" << num(x0 + pl - 5) << "' y='" << num(y + 4) << "' text-anchor='end' font-size='11'>"
+      << tick_label(std::pow(10.0, e)) << "</text>\n";
+  }
+  o << "<text x='" << num(x0 + pl + pw / 2) << "' y='" << num(y0 + h - 8) << "' text-anchor='middle' font-size='12'>" << xlabel << "</text>\n";
+  o << "<text transform='translate(" << num(x0 + 16) << "," << num(y0 + pt + ph / 2) << ") rotate(-90)' text-anchor='middle' font-size='12'>"
+    << ylabel << "</text>\n";
+  double ly = y0 + pt + 14;
+  for (const auto& s : series) {
+    if (s.points.empty()) continue;
+    o << "<polyline fill='none' stroke='" << s.color << "' stroke-width='2'" << (s.dashed ? " stroke-dasharray='6,4'" : "") << " points='";
+    for (auto [x, y] : s.points)
+      if (x > 0 && y > 0) o << num(X(x)) << ',' << num(Y(y)) << ' ';
+    o << "'/>\n";
+    for (auto [x, y] : s.points)
+      if (x > 0 && y > 0) o << "<circle cx='" << num(X(x)) << "' cy='" << num(Y(y)) << "' r='2.5' fill='" << s.color << "'/>\n";
+    o << "<line x1='" << num(x0 + pl + 10) << "' y1='" << num(ly - 4) << "' x2='" << num(x0 + pl + 34) << "' y2='" << num(ly - 4)
+      << "' stroke='" << s.color << "' stroke-width='2'" << (s.dashed ? " stroke-dasharray='6,4'" : "") << "/>\n<text x='"
+      << num(x0 + pl + 40) << "' y='" << num(ly) << "' font-size='11'>" << s.name << "</text>\n";
+    ly += 15;
+  }
+}
+
+void write_svg(const std::string& path, double width, double height, const std::function<void(std::ostream&)>& body) {
+  std::ofstream o(path);
+  check(bool(o), path, "cannot write");
+  o << "<svg xmlns='http://www.w3.org/2000/svg' width='" << num(width) << "' height='" << num(height)
+    << "' font-family='sans-serif'>\n<rect width='100%' height='100%' fill='white'/>\n";
+  body(o);
+  o << "</svg>\n";
+  check(bool(o), path, "write failed");
+}
+
+// ---------------------------------------------------------------------------- report
+
+void write_measured(const std::string& prefix, const std::vector<Row>& rows) {
+  std::ofstream csv(prefix + ".csv");
+  check(bool(csv), prefix + ".csv", "cannot write");
+  csv << "tokens,method,seconds,tokens_per_second,tracked_peak_bytes,rss_peak_bytes,counted_flops,analytic_flops\n";
+  for (const Row& r : rows)
+    for (const auto& [name, run] : {std::pair<const char*, const Run*>{"full_attention_kv_cache", &r.full}, {"rmt", &r.rmt}})
+      if (run->done)
+        csv << r.tokens << ',' << name << ',' << run->seconds << ',' << double(r.tokens) / run->seconds << ','
+            << run->tracked_bytes << ',' << run->rss_peak_bytes << ',' << run->counted_flops << ',' << run->analytic_flops << '\n';
+
+  auto series = [&](const std::string& name, const std::string& color, bool dashed, bool rmt_run, double Run::*field, double scale) {
+    Series s{name, color, dashed, {}};
+    for (const Row& r : rows) {
+      const Run& run = rmt_run ? r.rmt : r.full;
+      if (run.done && run.*field > 0) s.points.push_back({double(r.tokens), run.*field * scale});
+    }
+    return s;
+  };
+  const std::string full = "#d62728", rmt = "#1f77b4";
+  write_svg(prefix + ".svg", 1500, 460, [&](std::ostream& o) {
+    svg_panel(o, 0, 0, 500, 460, "wall time (1 thread)", "tokens", "seconds",
+              {series("full attention + KV cache", full, false, false, &Run::seconds, 1),
+               series("RMT (s 512, m 16)", rmt, false, true, &Run::seconds, 1)});
+    svg_panel(o, 500, 0, 500, 460, "peak memory", "tokens", "MiB",
+              {series("full: state + workspace", full, false, false, &Run::tracked_bytes, 1 / kMiB),
+               series("RMT: state + workspace", rmt, false, true, &Run::tracked_bytes, 1 / kMiB),
+               series("full: peak RSS increase", full, true, false, &Run::rss_peak_bytes, 1 / kMiB),
+               series("RMT: peak RSS increase", rmt, true, true, &Run::rss_peak_bytes, 1 / kMiB)});
+    svg_panel(o, 1000, 0, 500, 460, "forward FLOPs", "tokens", "GFLOP",
+              {series("full: counted (causal)", full, false, false, &Run::counted_flops, 1e-9),
+               series("RMT: counted (causal)", rmt, false, true, &Run::counted_flops, 1e-9),
+               series("full: rmt.md 8 (dense, head)", full, true, false, &Run::analytic_flops, 1e-9),
+               series("RMT: rmt.md 8 (dense, head)", rmt, true, true, &Run::analytic_flops, 1e-9)});
+  });
+}
+
+/// Figure 3 of the report: FLOPs relative to one 512-token pass, full attention per OPT size and
+/// RMT (the line N / 512), dense accounting with one vocabulary matmul, 512 .. 2,048,000 tokens.
+void write_opt(const std::string& prefix) {
+  std::vector<double> lengths;
+  for (double n = 512; n < fr::kReportTokens; n *= 2) lengths.push_back(n);
+  lengths.push_back(fr::kReportTokens);
+  std::ofstream csv(prefix + "_opt.csv");
+  check(bool(csv), prefix + "_opt.csv", "cannot write");
+  csv << "model,tokens,full_flops,rmt_flops,full_relative,rmt_relative,speedup,speedup_chinchilla\n";
+  std::printf("\nAnalytic forward FLOPs, full attention / RMT (s = 512, m = 0), dense, LM head counted (rmt.md 8.4):\n%-10s", "tokens");
+  for (const auto& m : fr::kOpt) std::printf(" %10s", std::string(m.name).c_str());
+  std::printf("\n");
+  std::vector<Series> series;
+  const char* colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"};
+  for (std::size_t i = 0; i < fr::kOpt.size(); ++i) series.push_back({std::string(fr::kOpt[i].name) + " full attention", colors[i], false, {}});
+  series.push_back({"RMT (every size): N / 512", "#000000", true, {}});
+  for (double n : lengths) {
+    std::printf("%-10.0f", n);
+    for (std::size_t i = 0; i < fr::kOpt.size(); ++i) {
+      const auto& m = fr::kOpt[i];
+      const double one = fr::model_flops(m, 512, fr::kOneVocabMatmul);
+      const double full = fr::full_flops(m, n, fr::kOneVocabMatmul), rmt = fr::rmt_flops(m, n, fr::kReportSegments, fr::kOneVocabMatmul);
+      csv << m.name << ',' << n << ',' << full << ',' << rmt << ',' << full / one << ',' << rmt / one << ',' << full / rmt << ','
+          << fr::speedup(m, n, fr::kReportSegments, fr::kChinchilla) << '\n';
+      series[i].points.push_back({n, full / one});
+      if (i == 0) series.back().points.push_back({n, rmt / one});
+      std::printf(" %9.1fx", full / rmt);
+    }
+    std::printf("\n");
+  }
+  write_svg(prefix + "_opt.svg", 640, 520, [&](std::ostream& o) {
+    svg_panel(o, 0, 0, 640, 520, "forward FLOPs relative to one 512-token pass (OPT, rmt.md 8.4)", "input tokens",
+              "FLOPs / F(512)", series);
+  });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string prefix = "rmt_report";
+  Index max_full = kMaxFull, max_rmt = Index(1) << 20;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--out" && i + 1 < argc) prefix = argv[++i];
+    else if (a == "--max-full" && i + 1 < argc) max_full = std::atol(argv[++i]);
+    else if (a == "--max-rmt" && i + 1 < argc) max_rmt = std::atol(argv[++i]);
+    else if (a == "--quick") max_full = 2048, max_rmt = 8192;
+    else {
+      std::printf("usage: %s [--out PREFIX] [--max-full N (<= %td)] [--max-rmt N] [--quick]\n", argv[0], kMaxFull);
+      return a == "--help" ? 0 : 2;
+    }
+  }
+  if (max_full > kMaxFull) max_full = kMaxFull;
+  set_num_threads(1);
+
+  try {
+    auto decoder = std::make_shared<Decoder<float>>(Decoder<float>::create(small_config()));
+    init_random(*decoder, 1);
+    const std::shared_ptr<const Decoder<float>> backbone = decoder;
+    const rmt::RecurrentWrapper<float> model(rmt::MemoryCell<float>(backbone, rmt::Config::decoder(kMemory, kSegment),
+                                                                    rmt::hf_initial_memory(*backbone, kMemory, 2)));
+    std::printf("model: %s, %.2fM parameters, vocabulary %td (bytes); RMT s = %td, m = %td (n' = %td); 1 thread\n",
+                std::string(small_shape().name).c_str(), double(backbone->n_params()) * 1e-6, backbone->config.vocab_size, kSegment,
+                kMemory, kSegment + 2 * kMemory);
+    std::printf("input: fact-detection samples over %s (%zu passages)\n", corpus().source().c_str(), corpus().passages().size());
+    std::printf("FLOPs: 'counted' = engram's counter (causal pairs, LM head on the last token only); 'analytic' = rmt.md 8\n"
+                "(dense n^2 attention + softmax, LM head on every token, embedding lookup free). Memory: 'tracked' = state +\n"
+                "workspace high-water (KV caches, RMT memory and buffers); 'RSS' = increase of the process peak RSS.\n\n");
+    std::printf("%9s | %-40s | %-40s | %-16s\n", "", "full attention + KV cache (prefill)", "RMT (streamed in 4096-token chunks)",
+                "full / RMT");
+    std::printf("%9s | %8s %9s %9s %11s | %8s %9s %9s %11s | %7s %8s\n", "tokens", "time s", "tracked", "RSS MiB", "GFLOP cnt",
+                "time s", "tracked", "RSS MiB", "GFLOP cnt", "time", "FLOPs");
+    std::vector<Row> rows;
+    for (Index n = 1024; n <= std::max(max_full, max_rmt); n *= 2) {
+      Row r;
+      r.tokens = n;
+      if (n <= max_rmt) r.rmt = measure_rmt(model, n);
+      if (n <= max_full) r.full = measure_full(*backbone, n);
+      auto cell = [](const Run& x) {
+        char b[64];
+        if (!x.done) return std::string(41, ' ');
+        std::snprintf(b, sizeof b, "%8.3f %9.1f %9.1f %11.1f", x.seconds, x.tracked_bytes / kMiB, x.rss_peak_bytes / kMiB,
+                      x.counted_flops * 1e-9);
+        return std::string(b);
+      };
+      std::string ratio = "       -        -";
+      if (r.full.done && r.rmt.done) {
+        char b[64];
+        std::snprintf(b, sizeof b, "%6.2fx %7.2fx", r.full.seconds / r.rmt.seconds, r.full.counted_flops / r.rmt.counted_flops);
+        ratio = b;
+      }
+      std::printf("%9td | %s | %s | %s\n", n, cell(r.full).c_str(), cell(r.rmt).c_str(), ratio.c_str());
+      std::fflush(stdout);
+      rows.push_back(r);
+    }
+    std::printf("\nanalytic GFLOP (rmt.md 8, dense, LM head on every token):\n%9s %14s %14s %9s\n", "tokens", "full", "RMT", "ratio");
+    for (const Row& r : rows) {
+      const double full = fr::full_flops(small_shape(), double(r.tokens), fr::kOneVocabMatmul);
+      const double rmt = fr::rmt_flops(small_shape(), double(r.tokens), {kSegment, kMemory, rmt::Layout::decoder}, fr::kOneVocabMatmul);
+      std::printf("%9td %14.1f %14.1f %8.2fx\n", r.tokens, full * 1e-9, rmt * 1e-9, full / rmt);
+    }
+    write_measured(prefix, rows);
+    write_opt(prefix);
+    std::printf("\nwrote %s.csv, %s.svg, %s_opt.csv, %s_opt.svg\n", prefix.c_str(), prefix.c_str(), prefix.c_str(), prefix.c_str());
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
