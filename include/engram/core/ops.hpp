@@ -296,17 +296,20 @@ RopeTable<T> make_rope_table(std::span<const double> inv_freq, std::span<const s
   return t;
 }
 
-/// Rotates x [rows, n_heads * head_dim] in place; row r uses row r of the table.
+/// Rotates x [rows, n_heads * head_dim] in place; row r uses row table_row0 + r of the table (a
+/// table built once for a fixed set of positions, e.g. TTT's positions 0..15, serves any run of them).
 template <class T>
-void apply_rope(View<T> x, Index n_heads, Index head_dim, const RopeTable<T>& table, RopePairing pairing) {
+void apply_rope(View<T> x, Index n_heads, Index head_dim, const RopeTable<T>& table, RopePairing pairing,
+                Index table_row0) {
   check(x.cols() == n_heads * head_dim, "apply_rope", "expected ", n_heads, " heads x ", head_dim, " = ",
         n_heads * head_dim, " columns, got ", x.cols());
   check(table.half() * 2 == head_dim, "apply_rope", "table covers head_dim ", table.half() * 2, ", expected ", head_dim);
-  check(table.size() == x.rows(), "apply_rope", "table has ", table.size(), " positions for ", x.rows(), " rows");
+  check(table_row0 >= 0 && table_row0 + x.rows() <= table.size(), "apply_rope", "rows [", table_row0, ", ",
+        table_row0 + x.rows(), ") outside a table of ", table.size(), " positions");
   const Index half = head_dim / 2;
   for (Index r = 0; r < x.rows(); ++r) {
-    const T* c = table.cos.row(r);
-    const T* s = table.sin.row(r);
+    const T* c = table.cos.row(table_row0 + r);
+    const T* s = table.sin.row(table_row0 + r);
     for (Index h = 0; h < n_heads; ++h) {
       T* v = x.row(r) + h * head_dim;
       if (pairing == RopePairing::rotate_half) {
@@ -324,6 +327,13 @@ void apply_rope(View<T> x, Index n_heads, Index head_dim, const RopeTable<T>& ta
       }
     }
   }
+}
+
+/// Rotates x [rows, n_heads * head_dim] in place; row r uses row r of the table.
+template <class T>
+void apply_rope(View<T> x, Index n_heads, Index head_dim, const RopeTable<T>& table, RopePairing pairing) {
+  check(table.size() == x.rows(), "apply_rope", "table has ", table.size(), " positions for ", x.rows(), " rows");
+  apply_rope<T>(x, n_heads, head_dim, table, pairing, 0);
 }
 
 ENGRAM_NAMESPACE_END

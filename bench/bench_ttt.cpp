@@ -1,0 +1,386 @@
+// TTT benchmarks (one thread): the dual form against the primal form at head_dim 64, T = 2048 (the
+// inner loop alone and the whole layer); TTT-Linear and TTT-MLP layer prefill against the fused causal
+// attention layer of the same width from 256 to 32k tokens (time, analytic FLOPs, the crossovers);
+// decode cost per token at 1k and 32k of context. Every timing is the thread's CPU time (manual time):
+// the machine is shared, and single-threaded work descheduled by a neighbour would otherwise count
+// the neighbour's time.
+#include <time.h>
+
+#include <cmath>
+#include <map>
+#include <random>
+
+#include "bench_util.hpp"
+#include "engram/nn/self_attention.hpp"
+#include "engram/ttt/layer.hpp"
+
+using namespace engram;
+
+namespace {
+
+/// CPU seconds of the calling thread (all work runs on it: set_num_threads(1)).
+double cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+// 125M-class width (ttt.md 6.2): d_model 768, 12 heads of 64, mini-batch 16.
+constexpr Index kC = 768, kH = 12, kD = 64;
+
+void fill_normal(Tensor<float>& t, double std, std::mt19937_64& rng) {
+  std::normal_distribution<double> normal(0.0, std);
+  for (Index r = 0; r < t.rows(); ++r)
+    for (Index c = 0; c < t.cols(); ++c) t.row(r)[c] = float(normal(rng));
+}
+
+/// Random weights at the scales a trained layer has (projections ~ 1/sqrt(fan_in), so activations
+/// stay O(1) and no denormals slow anything down).
+template <class L>
+void init_layer(L& layer, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  layer.visit_parameters([&](const std::string& name, Tensor<float>& t) {
+    const bool bias = name.find("bias") != std::string::npos || name == "learnable_token_idx" || name == "b1" || name == "b2";
+    if (name.find("norm.weight") != std::string::npos) t.fill(1.0f);
+    else if (bias) t.fill(0.0f);
+    else fill_normal(t, 1.0 / std::sqrt(double((name == "W1" || name == "W2") ? t.dim(1) : t.cols())), rng);
+  });
+}
+
+/// The TTT layers of the comparison: the Transformer backbone, like for like with attention (q, k,
+/// v, o projections of the same shapes; TTT adds the 12-row lr gate).
+ttt::Layer<float>& ttt_layer(ttt::Kind kind) {
+  static std::map<ttt::Kind, std::unique_ptr<ttt::Layer<float>>> layers;
+  auto& l = layers[kind];
+  if (!l) {
+    l = std::make_unique<ttt::Layer<float>>(ttt::Config::transformer(kind, kC, kH));
+    init_layer(*l, kind == ttt::Kind::linear ? 1 : 2);
+  }
+  return *l;
+}
+
+SelfAttention<float>& attention_layer() {
+  static auto a = [] {
+    auto c = ModelConfig::llama(1, kC, 1, kH, kH, 1);
+    auto l = std::make_unique<SelfAttention<float>>(c);
+    init_layer(*l, 3);
+    return l;
+  }();
+  return *a;
+}
+
+const Tensor<float>& input(Index n) {
+  static std::map<Index, Tensor<float>> inputs;
+  auto it = inputs.find(n);
+  if (it == inputs.end()) {
+    Tensor<float> x({n, kC});
+    std::mt19937_64 rng(42);
+    fill_normal(x, 1.0, rng);
+    it = inputs.emplace(n, std::move(x)).first;
+  }
+  return it->second;
+}
+
+/// One sequence through one layer, step by step; sets the positions and the RoPE table attention needs.
+struct Run {
+  const SequenceLayer<float>& layer;
+  std::unique_ptr<LayerState<float>> state;
+  Workspace<float> ws;
+  FlopCounter flops;
+  std::vector<std::int64_t> positions;
+  RopeTable<float> rope;
+  Index seen = 0;
+
+  explicit Run(const SequenceLayer<float>& l) : layer(l), state(l.make_state()) {}
+  void step(ConstView<float> x, View<float> y) {
+    StepContext<float> ctx;
+    positions.resize(std::size_t(x.rows()));
+    for (Index i = 0; i < x.rows(); ++i) positions[std::size_t(i)] = seen + i;
+    if (layer.kind() == "attention") {
+      static const auto inv = rope_inv_freq(kD, 10000.0);
+      rope = make_rope_table<float>(inv, positions);
+      ctx.rope = &rope;
+    }
+    ctx.positions = positions;
+    ctx.workspace = &ws;
+    ctx.flops = &flops;
+    ctx.tokens_seen = seen;
+    layer.forward(x, y, state.get(), ctx);
+    seen += x.rows();
+  }
+};
+
+/// Median seconds per iteration by (family, variant, T), for the crossover summary.
+std::map<std::string, std::map<Index, std::vector<double>>> g_times;
+std::map<std::string, std::map<Index, double>> g_flops;
+
+void record(const std::string& key, Index t, double seconds, double flops) {
+  g_times[key][t].push_back(seconds);
+  g_flops[key][t] = flops;
+}
+
+/// GFLOP/s over the timed (CPU) seconds, the analytic GFLOP per iteration, one thread.
+void counters(benchmark::State& state, double flops, double seconds) {
+  state.counters["GFLOPs"] = flops * double(state.iterations()) / seconds * 1e-9;
+  state.counters["GFLOP"] = flops * 1e-9;
+  state.counters["threads"] = 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// dual vs primal
+
+/// The inner loop alone (what the two forms differ in): random rotated Q, K and target Y, eta = 0.5/d.
+void inner_loop(benchmark::State& state, ttt::Kind kind, ttt::InnerForm form) {
+  set_num_threads(1);
+  const Index n = state.range(0);
+  const auto& layer = ttt_layer(kind);
+  const auto& Q = input(n);
+  Tensor<float> K({n, kC}), Y({n, kC}), O({n, kC}), lr({n, kH});
+  std::mt19937_64 rng(7);
+  fill_normal(K, 1.0, rng);
+  fill_normal(Y, 1.0, rng);
+  lr.fill(float(layer.config.base_lr * 0.5 / double(kD)));
+  double flops = 0, total = 0;
+  for (auto _ : state) {
+    auto st = layer.make_state();
+    FlopCounter fc;
+    const double t0 = cpu_seconds();
+    ttt::run_inner<float>(layer.config, form, Q.view(), K.view(), Y.view(), lr.view(), layer.token_idx.data(), layer.ttt_norm_weight,
+                          layer.ttt_norm_bias, dynamic_cast<ttt::State<float>&>(*st), O.view(), &fc);
+    const double seconds = cpu_seconds() - t0;
+    state.SetIterationTime(seconds);
+    total += seconds;
+    flops = fc[FlopCategory::ttt_inner];
+    benchmark::DoNotOptimize(O.data());
+  }
+  counters(state, flops, total);
+}
+
+/// The whole layer over n tokens in one call (dual or primal), or token by token ("tokenwise": n
+/// decode steps, the primal form with batch 1).
+void layer_prefill(benchmark::State& state, SequenceLayer<float>* layer, ttt::InnerForm form, bool tokenwise,
+                   const std::string& key) {
+  set_num_threads(1);
+  const Index n = state.range(0);
+  const auto& x = input(n);
+  Tensor<float> y({n, kC});
+  auto* tl = dynamic_cast<ttt::Layer<float>*>(layer);
+  double flops = 0, total = 0;
+  for (auto _ : state) {
+    if (tl) tl->form = form;  // set between runs, never during one
+    Run run(*layer);
+    const double t0 = cpu_seconds();
+    if (tokenwise)
+      for (Index t = 0; t < n; ++t) run.step(x.view().middle_rows(t, 1), y.view().middle_rows(t, 1));
+    else
+      run.step(x.view(), y.view());
+    const double seconds = cpu_seconds() - t0;
+    state.SetIterationTime(seconds);
+    total += seconds;
+    flops = run.flops.total();
+    if (!key.empty()) record(key, n, seconds, flops);
+    benchmark::DoNotOptimize(y.data());
+  }
+  if (tl) tl->form = ttt::InnerForm::dual;
+  counters(state, flops, total);
+}
+
+// ---------------------------------------------------------------------------------------------
+// decode cost per token
+
+/// A state at `context` tokens: TTT by prefill (its size does not depend on the context); attention
+/// by filling its KV cache with random keys and values (the cost of a decode step depends only on
+/// the cache size, and a 32k-token attention prefill would take half a minute).
+std::unique_ptr<LayerState<float>> state_at(const SequenceLayer<float>& layer, Index context) {
+  auto s = layer.make_state();
+  if (auto* cache = s->kv_cache()) {
+    Tensor<float> k({context, kC}), v({context, kC});
+    std::mt19937_64 rng(9);
+    fill_normal(k, 1.0, rng);
+    fill_normal(v, 1.0, rng);
+    std::vector<std::int64_t> pos(static_cast<std::size_t>(context));
+    for (Index i = 0; i < context; ++i) pos[std::size_t(i)] = i;
+    cache->append(k.view(), v.view(), pos);
+    return s;
+  }
+  Run run(layer);
+  Tensor<float> y({4096, kC});
+  for (Index t = 0; t < context; t += 4096) {
+    const Index n = std::min<Index>(4096, context - t);
+    run.step(input(4096).view().middle_rows(0, n), y.view().middle_rows(0, n));
+  }
+  return std::move(run.state);
+}
+
+void decode_token(benchmark::State& state, SequenceLayer<float>* layer, const std::string& key) {
+  set_num_threads(1);
+  const Index context = state.range(0);
+  const auto snapshot = state_at(*layer, context);
+  Run run(*layer);
+  run.state = snapshot->clone();
+  run.seen = context;
+  Tensor<float> y({1, kC});
+  const auto& x = input(64);
+  Index steps = 0;
+  double seconds = 0;
+  for (auto _ : state) {
+    if (++steps % 16 == 0 && snapshot->kv_cache()) {  // keep the KV cache at the nominal context
+      run.state = snapshot->clone();
+      run.seen = context;
+    }
+    const double t0 = cpu_seconds();
+    run.step(x.view().middle_rows(steps % 64, 1), y.view());
+    const double dt = cpu_seconds() - t0;
+    state.SetIterationTime(dt);
+    seconds += dt;
+    benchmark::DoNotOptimize(y.data());
+  }
+  record(key, context, seconds / double(state.iterations()), 0);
+  state.counters["state_MiB"] = double(run.state->bytes()) / (1 << 20);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+/// Flatness of decode: steps alternate between a state at 1k and one at 32k tokens, so drifting
+/// load on the shared machine hits both alike; medians of the per-step times.
+void decode_flat(benchmark::State& state, SequenceLayer<float>* layer, const std::string& key) {
+  set_num_threads(1);
+  const Index contexts[2] = {1024, 32768};
+  std::unique_ptr<LayerState<float>> snapshots[2];
+  std::unique_ptr<Run> runs[2];
+  for (int c = 0; c < 2; ++c) {
+    snapshots[c] = state_at(*layer, contexts[c]);
+    runs[c] = std::make_unique<Run>(*layer);
+    runs[c]->state = snapshots[c]->clone();
+    runs[c]->seen = contexts[c];
+  }
+  Tensor<float> y({1, kC});
+  const auto& x = input(64);
+  std::vector<double> times[2];
+  Index step = 0;
+  for (auto _ : state) {
+    const int c = int(step % 2);
+    Run& run = *runs[c];
+    if ((step / 2) % 16 == 15 && snapshots[c]->kv_cache()) {  // keep the KV caches at their nominal context
+      run.state = snapshots[c]->clone();
+      run.seen = contexts[c];
+    }
+    const double t0 = cpu_seconds();
+    run.step(x.view().middle_rows((step / 2) % 64, 1), y.view());
+    const double dt = cpu_seconds() - t0;
+    state.SetIterationTime(dt);
+    times[c].push_back(dt);
+    ++step;
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double m1k = median(times[0]), m32k = median(times[1]);
+  for (double t : times[0]) record(key, 1024, t, 0);
+  for (double t : times[1]) record(key, 32768, t, 0);
+  state.counters["ms_1k"] = m1k * 1e3;
+  state.counters["ms_32k"] = m32k * 1e3;
+  state.counters["ratio_32k_1k"] = m32k / m1k;
+}
+
+// ---------------------------------------------------------------------------------------------
+// summary
+
+/// First length where `variant` becomes cheaper than `base` (log-linear interpolation of the ratio
+/// between the two measured lengths around the crossing), or -1 if it never does.
+double crossover(const std::map<Index, double>& base, const std::map<Index, double>& variant) {
+  double prev_t = 0, prev_log_ratio = 0;
+  bool have_prev = false;
+  for (const auto& [t, b] : base) {
+    const auto it = variant.find(t);
+    if (it == variant.end()) continue;
+    const double log_ratio = std::log(b / it->second);  // > 0: variant cheaper
+    if (log_ratio >= 0) {
+      if (!have_prev) return double(t);  // already cheaper at the shortest length measured
+      const double f = prev_log_ratio / (prev_log_ratio - log_ratio);
+      return std::exp(std::log(prev_t) + f * (std::log(double(t)) - std::log(prev_t)));
+    }
+    prev_t = double(t), prev_log_ratio = log_ratio, have_prev = true;
+  }
+  return -1;
+}
+
+void print_summary() {
+  auto medians = [](const std::string& key) {
+    std::map<Index, double> m;
+    for (const auto& [t, v] : g_times[key]) m[t] = median(v);
+    return m;
+  };
+  std::printf("\nLayer prefill vs fused causal attention (d_model %td, %td heads of %td, one thread):\n", kC, kH, kD);
+  std::printf("%8s %14s %14s %14s %10s %10s %10s %10s\n", "T", "attention ms", "ttt_linear ms", "ttt_mlp ms", "lin/attn",
+              "mlp/attn", "lin GFLOP", "attn GFLOP");
+  const auto att = medians("attention"), lin = medians("ttt_linear"), mlp = medians("ttt_mlp");
+  for (const auto& [t, a] : att) {
+    if (!lin.count(t) || !mlp.count(t)) continue;
+    std::printf("%8td %14.2f %14.2f %14.2f %10.3f %10.3f %10.2f %10.2f\n", t, a * 1e3, lin.at(t) * 1e3, mlp.at(t) * 1e3,
+                lin.at(t) / a, mlp.at(t) / a, g_flops["ttt_linear"][t] * 1e-9, g_flops["attention"][t] * 1e-9);
+  }
+  std::printf("crossover (time):  TTT-Linear faster than attention from T ~ %.0f, TTT-MLP from T ~ %.0f (-1: not in range)\n",
+              crossover(att, lin), crossover(att, mlp));
+  std::printf("crossover (FLOPs): TTT-Linear cheaper from T ~ %.0f, TTT-MLP from T ~ %.0f\n",
+              crossover(g_flops["attention"], g_flops["ttt_linear"]), crossover(g_flops["attention"], g_flops["ttt_mlp"]));
+  // Closed form: per token both have 8 C^2 of q, k, v, o; attention adds 2 (t + 1) C at position t
+  // (causal QK^T and PV), TTT adds the lr gate 2 C H and the inner loop H (6 d^2 + 4 b d) (linear) or
+  // H (56 d^2 + 20 b d) (MLP): equal sequence totals at T + 1 = H + H * inner / (2 C).
+  const double lin_inner = 6.0 * kD * kD + 4.0 * 16 * kD, mlp_inner = 56.0 * kD * kD + 20.0 * 16 * kD;
+  std::printf("crossover (FLOPs, closed form): TTT-Linear T = %.0f, TTT-MLP T = %.0f\n",
+              double(kH) + double(kH) * lin_inner / (2.0 * kC) - 1, double(kH) + double(kH) * mlp_inner / (2.0 * kC) - 1);
+
+  std::printf("\nDecode cost per token (ms, median step, 1k and 32k steps interleaved):\n");
+  for (const char* key : {"flat_attention", "flat_ttt_linear", "flat_ttt_mlp"}) {
+    const auto m = medians(key);
+    if (m.count(1024) && m.count(32768))
+      std::printf("  %-20s 1k %8.3f   32k %8.3f   32k/1k %6.2f\n", key, m.at(1024) * 1e3, m.at(32768) * 1e3,
+                  m.at(32768) / m.at(1024));
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bench::register_fma_peak(1);
+  SequenceLayer<float>* lin = &ttt_layer(ttt::Kind::linear);
+  SequenceLayer<float>* mlp = &ttt_layer(ttt::Kind::mlp);
+  SequenceLayer<float>* att = &attention_layer();
+  using ttt::InnerForm;
+  const auto ms = benchmark::kMillisecond;
+  // Dual vs primal at T = 2048: the inner loop alone, then the whole layer (same projections).
+  benchmark::RegisterBenchmark("ttt_linear_inner:dual", inner_loop, ttt::Kind::linear, InnerForm::dual)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(5);
+  benchmark::RegisterBenchmark("ttt_linear_inner:baseline", inner_loop, ttt::Kind::linear, InnerForm::primal)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(5);
+  benchmark::RegisterBenchmark("ttt_mlp_inner:dual", inner_loop, ttt::Kind::mlp, InnerForm::dual)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(3);
+  benchmark::RegisterBenchmark("ttt_mlp_inner:baseline", inner_loop, ttt::Kind::mlp, InnerForm::primal)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(3);
+  for (auto [name, layer] : {std::pair{"ttt_linear_prefill", lin}, std::pair{"ttt_mlp_prefill", mlp}}) {
+    const std::string n = name;
+    benchmark::RegisterBenchmark((n + ":dual").c_str(), layer_prefill, layer, InnerForm::dual, false, "")->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(3);
+    benchmark::RegisterBenchmark((n + ":baseline").c_str(), layer_prefill, layer, InnerForm::primal, false, "")->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(3);
+    benchmark::RegisterBenchmark((n + ":tokenwise").c_str(), layer_prefill, layer, InnerForm::primal, true, "")->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(1);
+  }
+  // Layer prefill against attention; the ratio column is attention time / TTT time.
+  for (Index t : {256, 512, 1024, 2048, 4096, 8192, 16384, 32768}) {
+    const int iters = t <= 2048 ? 3 : 1;
+    benchmark::RegisterBenchmark("layer_prefill:baseline", layer_prefill, att, InnerForm::dual, false, "attention")->Arg(t)->UseManualTime()->Unit(ms)->Iterations(iters);
+    benchmark::RegisterBenchmark("layer_prefill:ttt_linear", layer_prefill, lin, InnerForm::dual, false, "ttt_linear")->Arg(t)->UseManualTime()->Unit(ms)->Iterations(iters);
+    benchmark::RegisterBenchmark("layer_prefill:ttt_mlp", layer_prefill, mlp, InnerForm::dual, false, "ttt_mlp")->Arg(t)->UseManualTime()->Unit(ms)->Iterations(iters);
+  }
+  benchmark::RegisterBenchmark("decode_flat:baseline", decode_flat, att, "flat_attention")->UseManualTime()->Unit(ms)->Iterations(128);
+  benchmark::RegisterBenchmark("decode_flat:ttt_linear", decode_flat, lin, "flat_ttt_linear")->UseManualTime()->Unit(ms)->Iterations(1024);
+  benchmark::RegisterBenchmark("decode_flat:ttt_mlp", decode_flat, mlp, "flat_ttt_mlp")->UseManualTime()->Unit(ms)->Iterations(1024);
+  for (Index t : {1024, 32768}) {
+    benchmark::RegisterBenchmark("decode_token:baseline", decode_token, att, "decode_attention")->Arg(t)->UseManualTime()->Unit(ms)->Iterations(64);
+    benchmark::RegisterBenchmark("decode_token:ttt_linear", decode_token, lin, "decode_ttt_linear")->Arg(t)->UseManualTime()->Unit(ms)->Iterations(256);
+    benchmark::RegisterBenchmark("decode_token:ttt_mlp", decode_token, mlp, "decode_ttt_mlp")->Arg(t)->UseManualTime()->Unit(ms)->Iterations(256);
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  bench::RatioReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  print_summary();
+  benchmark::Shutdown();
+  return 0;
+}

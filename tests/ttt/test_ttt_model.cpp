@@ -1,0 +1,229 @@
+// TTT language models: loading ttt-lm-pytorch configs and checkpoints, golden logits of the PyTorch
+// reference (prefill and decode), the Decoder invariants with TTT mixers, FLOP accounting, and the
+// loader's errors.
+#include "engram/ttt/loader.hpp"
+#include "test_util.hpp"
+
+using namespace engram;
+
+namespace {
+
+const char* const kModels[] = {"model_linear_T", "model_mlp_M"};
+
+template <class T>
+Tensor<T> prefill_then_decode(const Decoder<T>& m, const std::vector<std::int32_t>& tokens, Index prefill,
+                              typename Decoder<T>::State& s) {
+  Tensor<T> out({Index(tokens.size()), m.config.vocab_size});
+  const auto first = m.prefill(std::span(tokens).first(std::size_t(prefill)), s, {.chunk = 0, .all_logits = true});
+  for (Index i = 0; i < prefill; ++i) std::copy_n(first.row(i), first.cols(), out.row(i));
+  for (std::size_t i = std::size_t(prefill); i < tokens.size(); ++i) {
+    const auto l = m.decode(tokens[i], s);
+    std::copy_n(l.row(0), l.cols(), out.row(Index(i)));
+  }
+  return out;
+}
+
+template <class T>
+ttt::State<T>& ttt_state(typename Decoder<T>::State& s, Index block) {
+  const Index branch = s.layer_state(block, 0) && dynamic_cast<ttt::State<T>*>(s.layer_state(block, 0)) ? 0 : 1;
+  return dynamic_cast<ttt::State<T>&>(*s.layer_state(block, branch));
+}
+
+template <class T>
+double state_difference(ttt::State<T>& a, ttt::State<T>& b) {
+  double e = 0;
+  auto cmp = [&](const Tensor<T>& x, const Tensor<T>& y) {
+    if (x.empty()) return;
+    test::Mat ref = test::to_mat<T>(y.view());
+    e = std::max(e, test::max_abs_diff<T>(x.view(), ref) / std::max(test::max_abs(ref), 1e-30));
+  };
+  cmp(a.W1, b.W1), cmp(a.b1, b.b1), cmp(a.W2, b.W2), cmp(a.b2, b.b2);
+  cmp(a.W1_grad, b.W1_grad), cmp(a.b1_grad, b.b1_grad), cmp(a.W2_grad, b.W2_grad), cmp(a.b2_grad, b.b2_grad);
+  cmp(a.conv_qk, b.conv_qk);
+  return a.position == b.position ? e : INFINITY;
+}
+
+template <class T>
+double relative(const Tensor<T>& got, const Tensor<T>& ref) {
+  return test::max_abs_diff<T>(got.view(), test::to_mat<T>(ref.view())) / std::max(test::max_abs(test::to_mat<T>(ref.view())), 1e-30);
+}
+
+template <class T>
+void check_golden(const char* dir, double tolerance) {
+  const auto m = ttt::load_decoder<T>(test::fixture(std::string("ttt/") + dir));
+  const Checkpoint golden = Checkpoint::open(test::fixture(std::string("ttt/") + dir + "/golden.safetensors"));
+  const auto tokens = test::read_tokens(golden);
+  auto s = m.make_state();
+  const auto logits = m.prefill(tokens, s, {.chunk = 0, .all_logits = true});
+  const double e = test::relative_error<T>(logits.view(), golden.read<float>("logits").view());
+  auto s2 = m.make_state();
+  const auto dec = prefill_then_decode(m, tokens, 21, s2);
+  const double e_dec = test::relative_error<T>(dec.view(), golden.read<float>("logits_decode").view());
+  INFO(dir << (sizeof(T) == 4 ? " float" : " double") << " logits relative error " << e << ", prefill 21 + decode 16: " << e_dec);
+  CHECK(e <= tolerance);
+  CHECK(e_dec <= tolerance);
+}
+
+}  // namespace
+
+TEST_CASE("TTT models load from ttt-lm-pytorch checkpoints and match the reference logits", "[ttt][golden][loader]") {
+  for (const char* dir : kModels) {
+    check_golden<float>(dir, 1e-5);
+    check_golden<double>(dir, 1e-6);  // goldens are float-rounded
+  }
+  const auto m = ttt::load_decoder<float>(test::fixture("ttt/model_mlp_M"));
+  CHECK(m.config.positions == PositionKind::none);
+  CHECK(m.blocks.size() == 2);
+  CHECK(m.blocks[0].branches.size() == 3);
+  CHECK(m.blocks[0].branches[0].layer->kind() == "causal_conv");
+  CHECK(m.blocks[0].branches[1].layer->kind() == "ttt_mlp");
+  CHECK(m.lm_head.weight.empty());  // tied
+}
+
+TEST_CASE("TTT decoder: prefill equals decode and chunked prefill with equal states", "[ttt][invariant]") {
+  for (const char* dir : kModels) {
+    INFO(dir);
+    const auto m = ttt::load_decoder<double>(test::fixture(std::string("ttt/") + dir));
+    std::vector<std::int32_t> tokens;
+    for (int i = 0; i < 75; ++i) tokens.push_back(std::int32_t((i * 17 + 3) % 53));
+    auto full = m.make_state();
+    const auto ref = m.prefill(tokens, full, {.chunk = 0, .all_logits = true});
+    for (Index chunk : {1, 5, 16, 17}) {
+      INFO("chunk " << chunk);
+      auto s = m.make_state();
+      const auto got = m.prefill(tokens, s, {.chunk = chunk, .all_logits = true});
+      CHECK(relative(got, ref) <= 1e-12);
+      CHECK(s.position() == 75);
+      for (Index b = 0; b < 2; ++b) CHECK(state_difference(ttt_state<double>(s, b), ttt_state<double>(full, b)) <= 1e-12);
+    }
+    // The state's size does not grow with the sequence (an RNN, unlike a KV cache).
+    auto shorter = m.make_state();
+    m.prefill(std::span(tokens).first(3), shorter);
+    CHECK(shorter.bytes() == full.bytes());
+  }
+}
+
+TEST_CASE("TTT decoder state copies fork a sequence", "[ttt][invariant]") {
+  const auto m = ttt::load_decoder<float>(test::fixture("ttt/model_mlp_M"));
+  const std::vector<std::int32_t> prefix = {1, 5, 9, 13, 17, 2, 4, 8, 16, 32, 11, 12, 13, 14, 15, 16, 17, 18, 19},
+                                  a = {2, 3, 7}, b = {40, 41, 42};
+  auto s = m.make_state();
+  m.prefill(prefix, s);
+  auto fork = s.copy();
+  const auto la = m.prefill(a, s);
+  const auto lb = m.prefill(b, fork);
+  auto direct = m.make_state();
+  std::vector<std::int32_t> pb = prefix;
+  pb.insert(pb.end(), b.begin(), b.end());
+  const auto ref_b = m.prefill(pb, direct);
+  CHECK(relative(lb, ref_b) <= 1e-6);
+  CHECK(relative(la, ref_b) > 1e-3);
+  s.reset();
+  CHECK(s.position() == 0);
+  CHECK(ttt_state<float>(s, 0).position == 0);
+}
+
+TEST_CASE("TTT layers report analytic FLOPs by category", "[ttt]") {
+  auto spec = ttt::config_from_json(read_json_file(test::fixture("ttt/model_linear_T/config.json")));
+  const auto m = ttt::load_decoder<float>(test::fixture("ttt/model_linear_T"));
+  const Index C = 32, H = 4, d = 8, L = 2;
+  auto s = m.make_state();
+  m.prefill(std::vector<std::int32_t>(37, 3), s);  // 2 dual mini-batches + 5 primal tokens per layer
+  const double inner = double(L * H) * (2 * ttt::inner_flops(ttt::Kind::linear, ttt::InnerForm::dual, 16, d, d) +
+                                        ttt::inner_flops(ttt::Kind::linear, ttt::InnerForm::primal, 5, d, d));
+  CHECK(s.flops[FlopCategory::ttt_inner] == Approx(inner));
+  CHECK(ttt::inner_flops(ttt::Kind::linear, ttt::InnerForm::dual, 16, 64, 64) / 16 == Approx(6 * 64 * 64 + 4 * 16 * 64));
+  CHECK(ttt::inner_flops(ttt::Kind::mlp, ttt::InnerForm::dual, 16, 64, 256) / 16 == Approx(56 * 64 * 64 + 20 * 16 * 64));
+  // q, k, v, lr gate and o_proj per token and layer.
+  CHECK(s.flops[FlopCategory::projections] == Approx(double(L) * 37 * 2.0 * C * (3 * C + H + C)));
+  CHECK(spec.layer.kind == ttt::Kind::linear);
+}
+
+TEST_CASE("TTT configs: TTTConfig keys and defaults and clear errors", "[ttt][loader][errors]") {
+  const auto mlp = ttt::config_from_json(read_json_file(test::fixture("ttt/model_mlp_M/config.json")));
+  CHECK(mlp.layer.kind == ttt::Kind::mlp);
+  CHECK(mlp.layer.share_qk);
+  CHECK(mlp.layer.use_gate);
+  CHECK(mlp.layer.pre_conv);
+  CHECK(mlp.layer.base_lr == 0.1);
+  CHECK(mlp.layer.inner_dim() == 32);
+  CHECK(mlp.d_ff == 64);
+  const auto defaults = ttt::config_from_json(json::parse(R"({"model_type":"ttt"})"));
+  CHECK(defaults.layer.d_model == 2048);
+  CHECK(defaults.layer.n_heads == 32);
+  CHECK(defaults.layer.mini_batch == 16);
+  CHECK(defaults.d_ff == 5504);
+  CHECK(defaults.tie_embeddings);
+  auto error_of = [](const char* text) {
+    try {
+      (void)ttt::config_from_json(json::parse(text));
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK(error_of(R"({"model_type":"llama"})").find("not a TTT model") != std::string::npos);
+  CHECK(error_of(R"({"ttt_layer_type":"conv"})").find("ttt_layer_type must be \"linear\" or \"mlp\"") != std::string::npos);
+  CHECK(error_of(R"({"mini_batch_size":0})").find("mini_batch_size must be positive") != std::string::npos);
+  CHECK(error_of(R"({"hidden_size":12,"num_attention_heads":4})").find("head_dim") != std::string::npos);  // d = 3
+  CHECK(error_of(R"({"hidden_size":30,"num_attention_heads":4})").find("multiple of num_attention_heads") != std::string::npos);
+  CHECK(error_of(R"({"hidden_act":"gelu"})").find("hidden_act") != std::string::npos);
+  CHECK(error_of(R"({"ttt_base_lr":-1})").find("ttt_base_lr") != std::string::npos);
+  CHECK(error_of(R"({"pre_conv":true,"conv_kernel":0})").find("conv_kernel") != std::string::npos);
+  CHECK(error_of(R"({"vocab_size":0})").find("vocab_size") != std::string::npos);
+  CHECK(error_of(R"({"mini_batch_size":"16"})").find("mini_batch_size") != std::string::npos);
+  CHECK(error_of(R"([1])").find("expected a JSON object") != std::string::npos);
+}
+
+TEST_CASE("a TTT checkpoint that does not match its config fails with every problem named", "[ttt][loader][errors]") {
+  const Checkpoint ok = Checkpoint::open(test::fixture("ttt/model_mlp_M/model.safetensors"));
+  test::TempDir dir;
+  std::filesystem::copy_file(test::fixture("ttt/model_mlp_M/config.json"), dir.path() / "config.json");
+  safetensors::Writer w;
+  for (const auto& name : ok.names()) {
+    if (name == "model.layers.1.seq_modeling_block.W2" || name == "model.norm.weight") continue;  // missing
+    if (name == "model.layers.0.seq_modeling_block.conv_q.weight") {
+      w.add(name, Tensor<float>({32, 4}));  // mis-shaped: [C, K] instead of [C, 1, K]
+      continue;
+    }
+    w.add(name, ok.read<float>(name), safetensors::DType::F32, ok.shape(name));
+  }
+  w.add("model.layers.0.seq_modeling_block.extra", Tensor<float>({3}));  // unexpected
+  w.add("model.layers.0.seq_modeling_block.rotary_emb.inv_freq", Tensor<float>({4}));  // a buffer: ignored
+  w.add("lm_head.weight", Tensor<float>({53, 32}));  // the tied head's stored copy: ignored
+  w.write((dir.path() / "model.safetensors").string());
+  try {
+    (void)ttt::load_decoder<float>(dir.path());
+    FAIL("loaded a broken checkpoint");
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    INFO(msg);
+    CHECK(msg.find("4 problem(s)") != std::string::npos);
+    CHECK(msg.find("missing tensor model.layers.1.seq_modeling_block.W2 [4, 32, 8]") != std::string::npos);
+    CHECK(msg.find("missing tensor model.norm.weight [32]") != std::string::npos);
+    CHECK(msg.find("tensor model.layers.0.seq_modeling_block.conv_q.weight has shape [32, 4], expected [32, 1, 4]") != std::string::npos);
+    CHECK(msg.find("unexpected tensor model.layers.0.seq_modeling_block.extra [3]") != std::string::npos);
+  }
+  CHECK_THROWS_AS(ttt::load_decoder<float>(dir.path() / "nowhere"), Error);
+}
+
+TEST_CASE("an untied TTT checkpoint reads lm_head.weight", "[ttt][loader]") {
+  const auto dir_ref = test::fixture("ttt/model_linear_T");
+  const Checkpoint ok = Checkpoint::open(dir_ref / "model.safetensors");
+  test::TempDir dir;
+  std::string config = read_text_file(dir_ref / "config.json");
+  const std::string tied = "\"tie_word_embeddings\": true";
+  REQUIRE(config.find(tied) != std::string::npos);
+  config.replace(config.find(tied), tied.size(), "\"tie_word_embeddings\": false");
+  std::ofstream(dir.path() / "config.json") << config;
+  safetensors::Writer w;
+  for (const auto& name : ok.names()) w.add(name, ok.read<float>(name), safetensors::DType::F32, ok.shape(name));
+  w.add("lm_head.weight", ok.read<float>("model.embed_tokens.weight"));  // the same matrix, stored untied
+  w.write((dir.path() / "model.safetensors").string());
+  const auto m = ttt::load_decoder<float>(dir.path());
+  CHECK_FALSE(m.lm_head.weight.empty());
+  const Checkpoint golden = Checkpoint::open(dir_ref / "golden.safetensors");
+  auto s = m.make_state();
+  const auto logits = m.prefill(test::read_tokens(golden), s, {.chunk = 0, .all_logits = true});
+  CHECK(test::relative_error<float>(logits.view(), golden.read<float>("logits").view()) <= 1e-5);
+}
