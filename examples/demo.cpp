@@ -1,78 +1,152 @@
-// The main demo: the cost of full causal attention as the sequence grows, measured and analytic.
+// The main demo: full attention, NAMM, TTT and RMT read the same long document side by side, with
+// measured time, analytic FLOPs and the memory each keeps, as the document grows.
 #include <chrono>
-#include <cstdio>
-#include <cstring>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
-#include <engram/engram.hpp>
+#include "example_util.hpp"
 
 using namespace engram;
 
 namespace {
 
+const char* kUsage =
+    "usage: engram-demo [--max-length N] [--threads T] [--namm-weights F] [--namm-budget B]\n"
+    "  Reads a generated bAbI-style document (a fact hidden in background text, the question at the\n"
+    "  end) with four models of the same width (d = 256, 4 layers, random weights) and prints, per\n"
+    "  length: time to read it, analytic FLOPs, the memory its state keeps, and decode time per token.\n"
+    "  --max-length N     longest document (default 8192; lengths double from 1024)\n"
+    "  --threads T        threads (default: all)\n"
+    "  --namm-weights F   NAMM weights (default: random weights)\n"
+    "  --namm-budget B    NAMM hard cap: tokens or a ratio of the tokens seen (default: 0.25 with random\n"
+    "                     weights, which on their own evict little; none with --namm-weights)\n";
+
 struct Measurement {
-  double seconds = 0, flops = 0, bytes = 0;
+  double read_s = 0, gflop = 0, state_mib = 0, decode_ms = -1;
+  std::string note;
 };
 
-// One row of the side-by-side table: a way of reading a sequence of a given length.
+// One row of the table: a way of reading a sequence.
 struct Contender {
   std::string name;
-  std::function<Measurement(Index length)> run;
+  std::function<Measurement(std::span<const std::int32_t>)> read;
 };
 
-Tensor<float> random_tensor(Index rows, Index cols, unsigned seed) {
-  Tensor<float> t({rows, cols});
-  unsigned x = seed;
-  for (Index r = 0; r < rows; ++r)
-    for (Index c = 0; c < cols; ++c) x = x * 1664525u + 1013904223u, t(r, c) = float(int(x >> 9) % 2001 - 1000) * 1e-3f;
-  return t;
-}
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-Contender full_attention(Index heads, Index head_dim) {
-  return {"full attention", [=](Index t) {
-            auto q = random_tensor(t, heads * head_dim, 1), k = random_tensor(t, head_dim * heads, 2),
-                 v = random_tensor(t, head_dim * heads, 3);
-            Tensor<float> out({t, heads * head_dim});
-            std::vector<ConstView<float>> ks, vs;
-            for (Index h = 0; h < heads; ++h)
-              ks.push_back(k.view().middle_cols(h * head_dim, head_dim)), vs.push_back(v.view().middle_cols(h * head_dim, head_dim));
-            AttentionInput<float> in;
-            in.q = q.view();
-            in.k = ks;
-            in.v = vs;
-            in.out = out.view();
-            in.n_heads = heads;
-            in.head_dim = head_dim;
-            const auto start = std::chrono::steady_clock::now();
-            attention<float>(in);
-            Measurement m;
-            m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-            m.flops = 2 * double(heads) * flops::attention_product(flops::causal_pairs(t, t), head_dim);
-            m.bytes = 2.0 * double(t) * double(heads * head_dim) * sizeof(float);  // the K and V it must keep
-            return m;
-          }};
+// Reads the document through a decoder (optionally with a cache policy), then decodes 16 tokens.
+Measurement read_with_decoder(const Decoder<float>& model, const CachePolicy<float>* policy, std::span<const std::int32_t> doc) {
+  Measurement m;
+  auto s = model.make_state(policy);
+  const auto t0 = Clock::now();
+  model.prefill(doc, s, {.chunk = 512});
+  m.read_s = since(t0);
+  m.gflop = s.flops.total() * 1e-9;
+  m.state_mib = double(s.bytes()) / (1 << 20);
+  const auto t1 = Clock::now();
+  constexpr int kDecode = 16;
+  for (int i = 0; i < kDecode; ++i) model.decode(std::int32_t('a' + i), s);
+  m.decode_ms = 1e3 * since(t1) / kDecode;
+  Index cached = 0;
+  for (auto* c : s.caches()) cached = std::max(cached, c->max_size());
+  if (!s.caches().empty()) m.note = std::to_string(cached) + " cached tokens/head";
+  return m;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  Index max_length = 8192;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--max-length") && i + 1 < argc) max_length = std::atol(argv[++i]);
-    else {
-      std::printf("usage: %s [--max-length N]\n", argv[0]);
-      return std::strcmp(argv[i], "--help") ? 2 : 0;
+  examples::Args args(argc, argv, {{"max-length", "8192"}, {"threads", "0"}, {"namm-weights", ""}, {"namm-budget", ""}}, kUsage);
+  try {
+    if (args.integer("threads") > 0) set_num_threads(int(args.integer("threads")));
+    const Index max_length = args.integer("max-length");
+    check(max_length >= 512, "--max-length", "needs at least 512 tokens, got ", max_length);
+
+    // The same width everywhere: d = 256, 4 layers, SwiGLU 768, byte vocabulary, random weights.
+    const auto attention_model = std::make_shared<const Decoder<float>>(examples::default_model(1));
+    ttt::ModelSpec spec;
+    spec.layer = ttt::Config::transformer(ttt::Kind::linear, 256, 4);
+    spec.vocab_size = tasks::ByteTokenizer::vocab_size;
+    spec.n_layers = 4;
+    spec.d_ff = 768;
+    auto ttt_model = ttt::make_decoder<float>(spec);
+    init_random(ttt_model, 2);
+
+    namm::NammWeights<float> weights;
+    if (!args.str("namm-weights").empty()) {
+      weights = namm::load_namm<float>(args.str("namm-weights"));
+    } else {
+      weights.theta = Tensor<float>({namm::BamScorer<float>::kParams});
+      std::mt19937_64 rng(5);
+      std::normal_distribution<float> normal(0.f, 0.05f);
+      for (Index i = 0; i < weights.theta.numel(); ++i) weights.theta[i] = normal(rng);
+      weights.stats.var.fill(1.0);
+      weights.config.cap = namm::Budget::of_ratio(0.25);
     }
+    if (!args.str("namm-budget").empty()) weights.config.cap = namm::parse_budget(args.str("namm-budget"));
+    const auto namm_policy = weights.policy();
+    const std::string namm_name = weights.config.cap.limited() ? "NAMM (capped)" : "NAMM";
+
+    constexpr Index kSegment = 512, kMemory = 16;
+    const rmt::RecurrentWrapper<float> rmt_model(
+        rmt::MemoryCell<float>(attention_model, rmt::Config::decoder(kMemory, kSegment), rmt::hf_initial_memory(*attention_model, kMemory, 3)));
+
+    const std::vector<Contender> contenders = {
+        {"full attention", [&](auto doc) { return read_with_decoder(*attention_model, nullptr, doc); }},
+        {namm_name, [&](auto doc) { return read_with_decoder(*attention_model, &namm_policy, doc); }},
+        {"TTT-Linear", [&](auto doc) { return read_with_decoder(ttt_model, nullptr, doc); }},
+        {"RMT", [&](auto doc) {
+           Measurement m;
+           auto s = rmt_model.make_state();
+           const auto t0 = Clock::now();
+           rmt_model.push(doc, s);
+           rmt_model.finish(s);
+           m.read_s = since(t0);
+           m.gflop = s.flops.total() * 1e-9;
+           m.state_mib = double(s.peak_bytes()) / (1 << 20);
+           m.note = std::to_string((doc.size() + kSegment - 1) / kSegment) + " segments of " + std::to_string(kSegment) + " + " +
+                    std::to_string(kMemory) + " memory";
+           return m;
+         }}};
+
+    const auto doc = examples::babi_document(max_length, 11);
+    std::printf("document: %td byte tokens; fact \"%s\" at token %td; question \"%s\" (answer: %s)\n", max_length,
+                doc.info.facts[0].c_str(), doc.info.fact_spans[0].begin, doc.info.question.c_str(),
+                std::string(doc.info.answer_text()).c_str());
+    std::printf("models: d = 256, 4 layers, random weights; one state per sequence; %d threads\n\n", num_threads());
+    std::printf("%-15s %8s %10s %10s %10s %11s %11s  %s\n", "method", "tokens", "read (s)", "tokens/s", "GFLOP", "state MiB",
+                "decode ms", "");
+    std::vector<std::vector<Measurement>> results(contenders.size());
+    for (Index length = 1024; length <= max_length; length *= 2) {
+      const auto prefix = std::span(doc.tokens).subspan(0, std::size_t(length));
+      for (std::size_t c = 0; c < contenders.size(); ++c) {
+        const Measurement m = contenders[c].read(prefix);
+        results[c].push_back(m);
+        char decode[32] = "      n/a";
+        if (m.decode_ms >= 0) std::snprintf(decode, sizeof decode, "%11.3f", m.decode_ms);
+        std::printf("%-15s %8td %10.3f %10.0f %10.2f %11.2f %11s  %s\n", contenders[c].name.c_str(), length, m.read_s,
+                    double(length) / m.read_s, m.gflop, m.state_mib, decode, m.note.c_str());
+      }
+      std::printf("\n");
+    }
+    const Measurement& full = results[0].back();
+    std::printf("at %td tokens, relative to full attention:\n", Index(doc.tokens.size()));
+    for (std::size_t c = 1; c < contenders.size(); ++c) {
+      const Measurement& m = results[c].back();
+      std::printf("  %-14s %5.2fx faster to read, %5.2fx fewer FLOPs, %6.1fx less state memory\n", contenders[c].name.c_str(),
+                  full.read_s / m.read_s, full.gflop / m.gflop, full.state_mib / m.state_mib);
+    }
+    std::printf("\nState memory is what the method keeps per sequence: KV caches (with NAMM's feature columns), TTT's\n"
+                "inner weights, or RMT's memory plus one segment's working set. NAMM pays for its scorer (quadratic\n"
+                "in the cache size, every 512 tokens) and for streaming attention probabilities (one more Q.K^T).\n"
+                "Weights are random: this table is about cost; accuracy needs trained weights (engram-namm-evolve,\n"
+                "a converted evo-memory checkpoint, or the RMT tasks).\n");
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
   }
-  const std::vector<Contender> contenders = {full_attention(8, 64)};
-  std::printf("%-16s %8s %12s %12s %12s %10s\n", "method", "tokens", "time (ms)", "GFLOP", "GFLOP/s", "KV MiB");
-  for (const Contender& c : contenders)
-    for (Index t = 512; t <= max_length; t *= 2) {
-      const Measurement m = c.run(t);
-      std::printf("%-16s %8td %12.2f %12.3f %12.1f %10.1f\n", c.name.c_str(), t, m.seconds * 1e3, m.flops * 1e-9,
-                  m.flops * 1e-9 / m.seconds, m.bytes / (1 << 20));
-    }
   return 0;
 }
