@@ -7,8 +7,7 @@
 #include <random>
 
 #include "bench_util.hpp"
-#include "engram/namm/baselines.hpp"
-#include "engram/namm/policy.hpp"
+#include "engram/namm/factory.hpp"
 #include "engram/nn/decoder.hpp"
 #include "engram/nn/init.hpp"
 
@@ -122,21 +121,13 @@ const Decoder<float>& small_model() {
 constexpr Index kContext = 32768, kBudget = 2048;
 
 std::unique_ptr<CachePolicy<float>> make_policy(const std::string& name) {
-  const Budget b = Budget::of_tokens(kBudget);
-  if (name == "h2o") return std::make_unique<H2OPolicy<float>>(b);
-  if (name == "knorm") return std::make_unique<KNormPolicy<float>>(b);
-  if (name == "streaming") return std::make_unique<StreamingPolicy<float>>(b);
-  if (name == "snapkv") return std::make_unique<SnapKVPolicy<float>>(b);
-  if (name == "tova") return std::make_unique<TovaPolicy<float>>(b);
-  if (name == "recency") return std::make_unique<RecencyPolicy<float>>(b);
-  if (name == "namm") {
-    NammConfig cfg;
-    cfg.cap = b;
-    NormStats unit;
-    unit.var.fill(1.0);
-    return std::make_unique<NammPolicy<float>>(BamScorer<float>(random_theta(4, 0.f)), unit, cfg);
-  }
-  return nullptr;  // baseline: full cache
+  // NAMM with random weights, capped at the budget like the baselines.
+  NammWeights<float> w;
+  const auto theta = random_theta(4, 0.f);
+  w.theta = Tensor<float>({Index(theta.size())});
+  for (Index i = 0; i < w.theta.numel(); ++i) w.theta[i] = theta[std::size_t(i)];
+  w.stats.var.fill(1.0);
+  return namm::make_policy<float>(name == "baseline" ? "none" : name, Budget::of_tokens(kBudget), &w);
 }
 
 void decode_with_policy(benchmark::State& state, const std::string& name) {

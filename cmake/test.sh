@@ -22,8 +22,9 @@ suite() {  # name, extra cmake args...
 
 # 1. normal: optimised, -march=native; also builds every benchmark and example (and smoke-runs the examples).
 suite release -DCMAKE_BUILD_TYPE=Release
-# 2. AddressSanitizer + UndefinedBehaviorSanitizer (tests only).
-suite asan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O1 -DENGRAM_SANITIZE=ON -DENGRAM_BUILD_BENCH=OFF -DENGRAM_BUILD_EXAMPLES=OFF
+# 2. AddressSanitizer + UndefinedBehaviorSanitizer (tests only). -O0: a third of the -O1 compile time
+#    on 2 cores, and the suite still runs in about half a minute.
+suite asan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O0 -DENGRAM_SANITIZE=ON -DENGRAM_BUILD_BENCH=OFF -DENGRAM_BUILD_EXAMPLES=OFF
 # 3. AVX2-only instruction set, so the 8-lane SIMD paths run too (tests only).
 suite avx2 -DCMAKE_BUILD_TYPE=Release -DENGRAM_NATIVE=OFF -DENGRAM_ARCH=x86-64-v3 -DENGRAM_BUILD_BENCH=OFF -DENGRAM_BUILD_EXAMPLES=OFF
 

@@ -6,6 +6,7 @@
 #include <limits>
 #include <numbers>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "engram/core/simd.hpp"
@@ -96,6 +97,24 @@ void softmax_rows_masked(View<T> x, ConstView<std::uint8_t> mask) {
 // ---------------------------------------------------------------------------------------------
 // normalisation
 
+/// Mean and 1 / sqrt(biased variance + eps) of x[0, n), in two passes (stable for large means).
+template <class T>
+std::pair<T, T> mean_rstd(const T* x, Index n, T eps) {
+  using B = simd::batch<T>;
+  constexpr Index W = simd::width<T>;
+  const T mean = simd::sum(x, n) / T(n);
+  const B mb(mean);
+  B acc(T(0));
+  Index i = 0;
+  for (; i + W <= n; i += W) {
+    const B d = simd::load(x + i) - mb;
+    acc = xsimd::fma(d, d, acc);
+  }
+  T var = simd::reduce_add(acc);
+  for (; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
+  return {mean, T(1) / std::sqrt(var / T(n) + eps)};
+}
+
 /// y = (x - mean) / sqrt(var + eps) * gamma + beta per row (biased variance). gamma/beta may be
 /// null (no affine). y may alias x.
 template <class T>
@@ -109,19 +128,10 @@ void layer_norm(ConstView<T> x, const T* gamma, const T* beta, T eps, View<T> y)
   for (Index r = 0; r < x.rows(); ++r) {
     const T* in = x.row(r);
     T* out = y.row(r);
-    const T mean = simd::sum(in, n) / T(n);
-    const B mb(mean);
-    B acc(T(0));
+    const auto [mean, rstd] = mean_rstd(in, n, eps);
+    const B mb(mean), rb(rstd);
     Index i = 0;
     for (; i + W <= n; i += W) {
-      const B d = simd::load(in + i) - mb;
-      acc = xsimd::fma(d, d, acc);
-    }
-    T var = simd::reduce_add(acc);
-    for (; i < n; ++i) var += (in[i] - mean) * (in[i] - mean);
-    const T rstd = T(1) / std::sqrt(var / T(n) + eps);
-    const B rb(rstd);
-    for (i = 0; i + W <= n; i += W) {
       B v = (simd::load(in + i) - mb) * rb;
       if (gamma) v *= simd::load(gamma + i);
       if (beta) v += simd::load(beta + i);

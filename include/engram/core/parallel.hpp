@@ -40,30 +40,53 @@ inline int thread_index() {
 #endif
 }
 
+namespace detail {
+// Runs f(i) for i in [begin, end) across the OpenMP team with a static or a dynamic schedule;
+// exceptions cannot cross an OpenMP region, so the first one is carried out and rethrown.
+template <bool Dynamic, class F>
+void omp_loop(Index begin, Index end, F& f) {
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto guarded = [&](Index i) {
+    try {
+      f(i);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+  };
+#if defined(_OPENMP)
+  if constexpr (Dynamic) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (Index i = begin; i < end; ++i) guarded(i);
+  } else {
+#pragma omp parallel for schedule(static)
+    for (Index i = begin; i < end; ++i) guarded(i);
+  }
+#else
+  for (Index i = begin; i < end; ++i) guarded(i);
+#endif
+  if (error) std::rethrow_exception(error);
+}
+
+// Whether a loop of n iterations should open a parallel region here.
+inline bool go_parallel(Index n) {
+#if defined(_OPENMP)
+  return n > 1 && !omp_in_parallel() && omp_get_max_threads() > 1;
+#else
+  (void)n;
+  return false;
+#endif
+}
+}  // namespace detail
+
 /// Calls f(i) for i in [begin, end) on up to num_threads() threads with a static schedule, so the
 /// assignment of indices to threads is fixed. Runs serially when already inside a parallel region
 /// or when `parallel` is false. The first exception thrown by any f(i) is rethrown here.
 template <class F>
 void parallel_for(Index begin, Index end, F&& f, bool parallel = true) {
   if (end <= begin) return;
-#if defined(_OPENMP)
-  if (parallel && end - begin > 1 && !omp_in_parallel() && omp_get_max_threads() > 1) {
-    std::exception_ptr error;
-    std::mutex error_mutex;
-#pragma omp parallel for schedule(static)
-    for (Index i = begin; i < end; ++i) {
-      try {
-        f(i);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mutex);
-        if (!error) error = std::current_exception();
-      }
-    }
-    if (error) std::rethrow_exception(error);
-    return;
-  }
-#endif
-  (void)parallel;
+  if (parallel && detail::go_parallel(end - begin)) return detail::omp_loop<false>(begin, end, f);
   for (Index i = begin; i < end; ++i) f(i);
 }
 
@@ -72,23 +95,7 @@ void parallel_for(Index begin, Index end, F&& f, bool parallel = true) {
 template <class F>
 void parallel_for_dynamic(Index begin, Index end, F&& f) {
   if (end <= begin) return;
-#if defined(_OPENMP)
-  if (end - begin > 1 && !omp_in_parallel() && omp_get_max_threads() > 1) {
-    std::exception_ptr error;
-    std::mutex error_mutex;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (Index i = begin; i < end; ++i) {
-      try {
-        f(i);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mutex);
-        if (!error) error = std::current_exception();
-      }
-    }
-    if (error) std::rethrow_exception(error);
-    return;
-  }
-#endif
+  if (detail::go_parallel(end - begin)) return detail::omp_loop<true>(begin, end, f);
   for (Index i = begin; i < end; ++i) f(i);
 }
 

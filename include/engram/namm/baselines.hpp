@@ -72,7 +72,7 @@ class ColumnSink final : public ProbabilitySink<T> {
   }
 };
 
-// Base of the budgeted policies: the budget and the evict-if-over helper.
+// Base of the budgeted policies.
 template <class T>
 class BudgetPolicy : public CachePolicy<T> {
  public:
@@ -84,27 +84,45 @@ class BudgetPolicy : public CachePolicy<T> {
  protected:
   Budget budget_;
 };
+
+// Base of the budgeted policies that score tokens by attention: one per-token column fed by a
+// ColumnSink per layer.
+template <class T>
+class AttentionColumnPolicy : public BudgetPolicy<T> {
+ public:
+  AttentionColumnPolicy(Budget budget, const char* column) : BudgetPolicy<T>(budget), column_(column) {}
+  bool needs_attention() const override { return true; }
+  std::unique_ptr<PolicyState> make_state(Index n_layers, Index) const override {
+    return std::make_unique<SinkState<T, ColumnSink<T>>>(n_layers);
+  }
+  void attach(LayerCache<T>& c) const override { c.add_column(column_, 1); }
+
+ protected:
+  // Points this layer's sink at its cache for the current step.
+  ColumnSink<T>* column_sink(Index layer, LayerCache<T>& c, PolicyState* st, const StepInfo& step, Index first_query,
+                             bool last_only) const {
+    auto& s = static_cast<SinkState<T, ColumnSink<T>>*>(st)->sinks.at(std::size_t(layer));
+    s.cache = &c, s.column = column_, s.step_start = step.tokens_seen - step.n_new;
+    s.first_query = first_query, s.last_only = last_only;
+    return &s;
+  }
+  const char* column_;
+};
 }  // namespace detail
 
 /// Heavy-Hitter Oracle (Zhang et al. 2023): per head, keep the most recent half of the budget and
 /// the tokens with the largest attention accumulated over every query so far.
 template <class T>
-class H2OPolicy final : public detail::BudgetPolicy<T> {
+class H2OPolicy final : public detail::AttentionColumnPolicy<T> {
  public:
   static constexpr const char* kColumn = "h2o.accumulated";
-  explicit H2OPolicy(Budget b, double recent_fraction = 0.5) : detail::BudgetPolicy<T>(b), recent_fraction_(recent_fraction) {
+  explicit H2OPolicy(Budget b, double recent_fraction = 0.5)
+      : detail::AttentionColumnPolicy<T>(b, kColumn), recent_fraction_(recent_fraction) {
     check(recent_fraction >= 0 && recent_fraction <= 1, "H2OPolicy", "recent_fraction must be in [0, 1], got ", recent_fraction);
   }
   std::string name() const override { return "h2o"; }
-  bool needs_attention() const override { return true; }
-  std::unique_ptr<PolicyState> make_state(Index n_layers, Index) const override {
-    return std::make_unique<detail::SinkState<T, detail::ColumnSink<T>>>(n_layers);
-  }
-  void attach(LayerCache<T>& c) const override { c.add_column(kColumn, 1); }
   ProbabilitySink<T>* sink(Index layer, LayerCache<T>& c, PolicyState* st, const StepInfo& step) const override {
-    auto& s = static_cast<detail::SinkState<T, detail::ColumnSink<T>>*>(st)->sinks.at(std::size_t(layer));
-    s.cache = &c, s.column = kColumn, s.step_start = step.tokens_seen - step.n_new, s.first_query = 0, s.last_only = false;
-    return &s;
+    return this->column_sink(layer, c, st, step, 0, false);
   }
   void after_layer(Index, LayerCache<T>& c, PolicyState*, const StepInfo& step) const override {
     const Index budget = this->budget_.allowed(step.tokens_seen);
@@ -173,26 +191,19 @@ class StreamingPolicy final : public detail::BudgetPolicy<T> {
 /// attention of the step's last `window` queries, smoothed by average pooling (kernel `pool`, as
 /// kvpress), keep the best plus the window. Single-token decode steps do not compress.
 template <class T>
-class SnapKVPolicy final : public detail::BudgetPolicy<T> {
+class SnapKVPolicy final : public detail::AttentionColumnPolicy<T> {
  public:
   static constexpr const char* kColumn = "snapkv.window_attention";
-  explicit SnapKVPolicy(Budget b, Index window = 32, Index pool = 5) : detail::BudgetPolicy<T>(b), window_(window), pool_(pool) {
+  explicit SnapKVPolicy(Budget b, Index window = 32, Index pool = 5)
+      : detail::AttentionColumnPolicy<T>(b, kColumn), window_(window), pool_(pool) {
     check(window > 0 && pool > 0 && pool % 2 == 1, "SnapKVPolicy", "window must be positive and pool a positive odd size, got ",
           window, " and ", pool);
   }
   std::string name() const override { return "snapkv"; }
-  bool needs_attention() const override { return true; }
-  std::unique_ptr<PolicyState> make_state(Index n_layers, Index) const override {
-    return std::make_unique<detail::SinkState<T, detail::ColumnSink<T>>>(n_layers);
-  }
-  void attach(LayerCache<T>& c) const override { c.add_column(kColumn, 1); }
   ProbabilitySink<T>* sink(Index layer, LayerCache<T>& c, PolicyState* st, const StepInfo& step) const override {
     if (step.n_new < 2) return nullptr;  // decode steps: full speed, no scores
     detail::clear_column(c, kColumn);
-    auto& s = static_cast<detail::SinkState<T, detail::ColumnSink<T>>*>(st)->sinks.at(std::size_t(layer));
-    s.cache = &c, s.column = kColumn, s.step_start = step.tokens_seen - step.n_new;
-    s.first_query = step.tokens_seen - std::min(window_, step.n_new), s.last_only = false;
-    return &s;
+    return this->column_sink(layer, c, st, step, step.tokens_seen - std::min(window_, step.n_new), false);
   }
   void after_layer(Index, LayerCache<T>& c, PolicyState*, const StepInfo& step) const override {
     if (step.n_new < 2) return;
@@ -222,22 +233,14 @@ class SnapKVPolicy final : public detail::BudgetPolicy<T> {
 /// TOVA (Oren et al. 2024): while over budget, drop the tokens the current (last) query attends to
 /// least, averaged over the layer's heads; every head drops the same tokens.
 template <class T>
-class TovaPolicy final : public detail::BudgetPolicy<T> {
+class TovaPolicy final : public detail::AttentionColumnPolicy<T> {
  public:
   static constexpr const char* kColumn = "tova.last_attention";
-  using detail::BudgetPolicy<T>::BudgetPolicy;
+  explicit TovaPolicy(Budget b) : detail::AttentionColumnPolicy<T>(b, kColumn) {}
   std::string name() const override { return "tova"; }
-  bool needs_attention() const override { return true; }
-  std::unique_ptr<PolicyState> make_state(Index n_layers, Index) const override {
-    return std::make_unique<detail::SinkState<T, detail::ColumnSink<T>>>(n_layers);
-  }
-  void attach(LayerCache<T>& c) const override { c.add_column(kColumn, 1); }
   ProbabilitySink<T>* sink(Index layer, LayerCache<T>& c, PolicyState* st, const StepInfo& step) const override {
     detail::clear_column(c, kColumn);
-    auto& s = static_cast<detail::SinkState<T, detail::ColumnSink<T>>*>(st)->sinks.at(std::size_t(layer));
-    s.cache = &c, s.column = kColumn, s.step_start = step.tokens_seen - step.n_new, s.first_query = step.tokens_seen - 1;
-    s.last_only = true;
-    return &s;
+    return this->column_sink(layer, c, st, step, step.tokens_seen - 1, true);
   }
   void after_layer(Index, LayerCache<T>& c, PolicyState*, const StepInfo& step) const override {
     const Index budget = this->budget_.allowed(step.tokens_seen);

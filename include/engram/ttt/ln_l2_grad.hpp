@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "engram/core/ops.hpp"
 #include "engram/core/simd.hpp"
 #include "engram/core/tensor.hpp"
 
@@ -28,17 +29,9 @@ void ln_l2_grad(ConstView<T> z, ConstView<T> target, const T* gamma, const T* be
     const T* y = target.row(r);
     T* g = grad.row(r);
     // Pass 1: mean and biased variance (z is fully read before grad is written: grad may alias z).
-    const T mean = simd::sum(zr, n) * inv_n;
+    const auto [mean, rstd] = mean_rstd(zr, n, eps);
     const B mb(mean);
-    B acc(T(0));
     Index i = 0;
-    for (; i + W <= n; i += W) {
-      const B c = simd::load(zr + i) - mb;
-      acc = xsimd::fma(c, c, acc);
-    }
-    T var = simd::reduce_add(acc);
-    for (; i < n; ++i) var += (zr[i] - mean) * (zr[i] - mean);
-    const T rstd = T(1) / std::sqrt(var * inv_n + eps);
     // Pass 2: zhat (kept in grad) and the two sums of ghat = gamma (gamma zhat + beta - y).
     const B rb(rstd);
     B sum_gh(T(0)), sum_ghz(T(0));
