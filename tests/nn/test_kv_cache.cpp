@@ -54,6 +54,23 @@ TEST_CASE("gather keeps the same rows of keys and values and positions and polic
   CHECK(t.size() == 0);
 }
 
+TEST_CASE("one token in and one out per step does not reallocate", "[kv_cache]") {
+  auto t = tagged_table(100, 8);
+  Tensor<float> k({1, 8}), v({1, 8});
+  std::vector<Index> drop_oldest;
+  for (Index i = 1; i <= 100; ++i) drop_oldest.push_back(i);
+  std::size_t steady = 0;
+  for (Index step = 0; step < 50; ++step) {
+    const std::vector<std::int64_t> p = {2000 + step};
+    t.append(k.view(), v.view(), p);
+    t.gather(drop_oldest);
+    if (step == 1) steady = t.bytes();
+    if (step > 1) CHECK(t.bytes() == steady);
+  }
+  CHECK(t.size() == 100);
+  CHECK(t.position(99) == 2049);
+}
+
 TEST_CASE("token tables copy deeply and reject bad input", "[kv_cache][errors]") {
   auto t = tagged_table(10, 8);
   auto c = t.copy();

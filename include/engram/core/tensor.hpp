@@ -274,8 +274,11 @@ class Tensor {
     reallocate(n);
   }
   /// Releases capacity beyond the current rows (physically returns memory).
-  void shrink_to_fit() {
-    if (capacity_rows_ > rows()) reallocate(rows());
+  void shrink_to_fit() { shrink_to(rows()); }
+  /// Reallocates to `capacity_rows` (at least rows()) when that is smaller than the current capacity.
+  void shrink_to(Index capacity_rows) {
+    capacity_rows = std::max(capacity_rows, rows());
+    if (capacity_rows < capacity_rows_) reallocate(capacity_rows);
   }
   Index capacity_rows() const { return capacity_rows_; }
 

@@ -74,8 +74,10 @@ class TokenTable {
     }
   }
 
-  /// Keeps the rows `kept` (strictly increasing indices) in order in every column, then returns the
-  /// freed memory. Throws Error for an index out of range or out of order.
+  /// Keeps the rows `kept` (strictly increasing indices) in order in every column. Freed memory is
+  /// returned once at least half the capacity is unused (a quarter of headroom is kept, so a policy
+  /// that evicts one token per decoded token never reallocates). Throws Error for an index out of
+  /// range or out of order.
   void gather(std::span<const Index> kept) {
     for (std::size_t i = 0; i < kept.size(); ++i) {
       check(kept[i] >= 0 && kept[i] < size(), "TokenTable::gather", "index ", kept[i], " outside [0, ", size(), ")");
@@ -119,8 +121,9 @@ class TokenTable {
     // kept[i] >= i, so moving rows forward in order never overwrites a row still to be read.
     for (std::size_t i = 0; i < kept.size(); ++i)
       if (kept[i] != Index(i)) std::copy_n(t.row(kept[i]), t.stride(), t.row(Index(i)));
-    t.resize_rows(Index(kept.size()));
-    t.shrink_to_fit();
+    const Index n = Index(kept.size());
+    t.resize_rows(n);
+    if (t.capacity_rows() >= 2 * n) t.shrink_to(n + n / 4);
   }
 
   Index d_ = 0;
