@@ -16,26 +16,13 @@ using Clock = std::chrono::steady_clock;
 
 /// Llama-style, d = 768, 12 layers, 12 heads of 64, SwiGLU 2048, vocab 32000, tied: 110M parameters.
 const Decoder<float>& model_110m() {
-  static const auto m = [] {
-    auto c = ModelConfig::llama(32000, 768, 12, 12, 12, 2048);
-    c.tie_embeddings = true;
-    auto d = Decoder<float>::create(c);
-    init_random(d, 1);
-    return d;
-  }();
+  static const auto m = bench::random_llama(32000, 768, 12, 12, 12, 2048, 1);
   return m;
 }
 
 /// A smaller model for the growth table (so 16k-token prefills finish in seconds).
 const Decoder<float>& model_small() {
-  static const auto m = [] {
-    auto c = ModelConfig::llama(4096, 256, 4, 4, 4, 768);
-    c.tie_embeddings = true;
-    c.max_positions = 1 << 20;
-    auto d = Decoder<float>::create(c);
-    init_random(d, 2);
-    return d;
-  }();
+  static const auto m = bench::random_llama(4096, 256, 4, 4, 4, 768, 2);
   return m;
 }
 

@@ -108,13 +108,7 @@ void namm_cost(benchmark::State& state) {
 
 // A small model so that 32k-token prefills finish in seconds.
 const Decoder<float>& small_model() {
-  static const auto m = [] {
-    auto c = ModelConfig::llama(4096, 256, 4, 8, 2, 768);
-    c.tie_embeddings = true;
-    auto d = Decoder<float>::create(c);
-    init_random(d, 3);
-    return d;
-  }();
+  static const auto m = bench::random_llama(4096, 256, 4, 8, 2, 768, 3);
   return m;
 }
 

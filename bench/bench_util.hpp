@@ -13,6 +13,8 @@
 
 #include "engram/core/parallel.hpp"
 #include "engram/core/simd.hpp"
+#include "engram/nn/decoder.hpp"
+#include "engram/nn/init.hpp"
 
 namespace engram::bench {
 
@@ -128,6 +130,16 @@ inline void fma_peak(benchmark::State& state) {
 inline void register_fma_peak(int max_threads) {
   for (int t = 1; t <= max_threads; ++t)
     benchmark::RegisterBenchmark(("fma_peak:t" + std::to_string(t)).c_str(), fma_peak)->Arg(t)->UseRealTime();
+}
+
+/// A Llama-style model with random weights (tied head, unbounded positions) for benchmarks.
+inline Decoder<float> random_llama(Index vocab, Index d_model, Index layers, Index heads, Index kv_heads, Index d_ff, std::uint64_t seed) {
+  auto c = ModelConfig::llama(vocab, d_model, layers, heads, kv_heads, d_ff);
+  c.tie_embeddings = true;
+  c.max_positions = 1 << 22;
+  auto m = Decoder<float>::create(c);
+  init_random(m, seed);
+  return m;
 }
 
 /// main(): runs the registered benchmarks through the ratio reporter.

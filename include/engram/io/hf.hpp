@@ -67,7 +67,7 @@ inline RopeScaling rope_scaling(const json::Value& cfg) {
     s.kind = RopeScaling::Kind::none;
   } else {
     fail("config.json", "rope_scaling type \"", type, "\" is not supported (supported: linear, llama3, ntk = static NTK with "
-         "factor and alpha); dynamic NTK changes the frequencies with the sequence length and is not implemented");
+         "factor and alpha); dynamic NTK, whose frequencies change with the sequence length, is not supported");
   }
   return s;
 }

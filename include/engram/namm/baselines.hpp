@@ -87,6 +87,16 @@ class BudgetPolicy : public CachePolicy<T> {
   const Budget& budget() const { return budget_; }
 
  protected:
+  // Every head holding more tokens than the budget allows after this step keeps
+  // keep(table, n, budget): ascending indices.
+  template <class F>
+  void trim_heads(LayerCache<T>& c, const StepInfo& step, F keep) const {
+    const Index budget = budget_.allowed(step.tokens_seen);
+    for (Index h = 0; h < c.n_heads(); ++h) {
+      TokenTable<T>& t = c.head(h);
+      if (t.size() > budget) t.gather(keep(t, t.size(), budget));
+    }
+  }
   Budget budget_;
 };
 
@@ -130,16 +140,12 @@ class H2OPolicy final : public detail::AttentionColumnPolicy<T> {
     return this->column_sink(layer, c, st, step, 0, false);
   }
   void after_layer(Index, LayerCache<T>& c, PolicyState*, const StepInfo& step) const override {
-    const Index budget = this->budget_.allowed(step.tokens_seen);
-    for (Index h = 0; h < c.n_heads(); ++h) {
-      TokenTable<T>& t = c.head(h);
-      const Index n = t.size();
-      if (n <= budget) continue;
+    this->trim_heads(c, step, [&](const TokenTable<T>& t, Index n, Index budget) {
       const Index recent = Index(std::floor(recent_fraction_ * double(budget)));
       const auto acc = t.column(t.column_id(kColumn));
-      t.gather(detail::keep_best(detail::range(0, n - recent), budget - recent, [&](Index i) { return acc(i, 0); },
-                                 detail::range(n - recent, n)));
-    }
+      return detail::keep_best(detail::range(0, n - recent), budget - recent, [&](Index i) { return acc(i, 0); },
+                               detail::range(n - recent, n));
+    });
   }
 
  private:
@@ -154,15 +160,11 @@ class KNormPolicy final : public detail::BudgetPolicy<T> {
   using detail::BudgetPolicy<T>::BudgetPolicy;
   std::string name() const override { return "knorm"; }
   void after_layer(Index, LayerCache<T>& c, PolicyState*, const StepInfo& step) const override {
-    const Index budget = this->budget_.allowed(step.tokens_seen);
-    for (Index h = 0; h < c.n_heads(); ++h) {
-      TokenTable<T>& t = c.head(h);
-      const Index n = t.size();
-      if (n <= budget) continue;
+    this->trim_heads(c, step, [](const TokenTable<T>& t, Index n, Index budget) {
       const auto k = t.keys();
-      t.gather(detail::keep_best(detail::range(0, n - 1), budget - 1,
-                                 [&](Index i) { return -simd::dot(k.row(i), k.row(i), k.cols()); }, {n - 1}));
-    }
+      return detail::keep_best(detail::range(0, n - 1), budget - 1, [&](Index i) { return -simd::dot(k.row(i), k.row(i), k.cols()); },
+                               {n - 1});
+    });
   }
 };
 
@@ -175,17 +177,13 @@ class StreamingPolicy final : public detail::BudgetPolicy<T> {
   }
   std::string name() const override { return "streaming"; }
   void after_layer(Index, LayerCache<T>& c, PolicyState*, const StepInfo& step) const override {
-    const Index budget = this->budget_.allowed(step.tokens_seen);
-    for (Index h = 0; h < c.n_heads(); ++h) {
-      TokenTable<T>& t = c.head(h);
-      const Index n = t.size();
-      if (n <= budget) continue;
+    this->trim_heads(c, step, [&](const TokenTable<T>&, Index n, Index budget) {
       const Index first = std::min(sinks_, budget);
       std::vector<Index> kept = detail::range(0, first);
       const auto recent = detail::range(n - (budget - first), n);
       kept.insert(kept.end(), recent.begin(), recent.end());
-      t.gather(kept);
-    }
+      return kept;
+    });
   }
 
  private:
@@ -212,23 +210,19 @@ class SnapKVPolicy final : public detail::AttentionColumnPolicy<T> {
   }
   void after_layer(Index, LayerCache<T>& c, PolicyState*, const StepInfo& step) const override {
     if (step.n_new < 2) return;
-    const Index budget = this->budget_.allowed(step.tokens_seen);
     const Index window = std::min(window_, step.n_new);
-    for (Index h = 0; h < c.n_heads(); ++h) {
-      TokenTable<T>& t = c.head(h);
-      const Index n = t.size();
-      if (n <= budget) continue;
+    this->trim_heads(c, step, [&](const TokenTable<T>& t, Index n, Index budget) {
       const Index prefix = n - window;
       const auto col = t.column(t.column_id(kColumn));
       std::vector<T> pooled(static_cast<std::size_t>(prefix));
       for (Index i = 0; i < prefix; ++i) {  // average pooling with zero padding, like avg_pool1d
-        T s = 0;
-        for (Index j = i - pool_ / 2; j <= i + pool_ / 2; ++j) s += (j >= 0 && j < prefix) ? col(j, 0) : T(0);
-        pooled[std::size_t(i)] = s / T(pool_);
+        T sum = 0;
+        for (Index j = i - pool_ / 2; j <= i + pool_ / 2; ++j) sum += (j >= 0 && j < prefix) ? col(j, 0) : T(0);
+        pooled[std::size_t(i)] = sum / T(pool_);
       }
-      t.gather(detail::keep_best(detail::range(0, prefix), budget - window, [&](Index i) { return pooled[std::size_t(i)]; },
-                                 detail::range(prefix, n)));
-    }
+      return detail::keep_best(detail::range(0, prefix), budget - window, [&](Index i) { return pooled[std::size_t(i)]; },
+                               detail::range(prefix, n));
+    });
   }
 
  private:
@@ -269,9 +263,7 @@ class RecencyPolicy final : public detail::BudgetPolicy<T> {
   using detail::BudgetPolicy<T>::BudgetPolicy;
   std::string name() const override { return "recency"; }
   void after_layer(Index, LayerCache<T>& c, PolicyState*, const StepInfo& step) const override {
-    const Index budget = this->budget_.allowed(step.tokens_seen);
-    for (Index h = 0; h < c.n_heads(); ++h)
-      if (c.head(h).size() > budget) c.head(h).gather(detail::range(c.head(h).size() - budget, c.head(h).size()));
+    this->trim_heads(c, step, [](const TokenTable<T>&, Index n, Index budget) { return detail::range(n - budget, n); });
   }
 };
 
