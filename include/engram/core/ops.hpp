@@ -291,18 +291,28 @@ struct RopeTable {
   Index size() const { return cos.rows(); }
 };
 
-/// Builds the table for the given absolute positions; angles are computed in double so large
-/// positions keep full precision.
+/// Fills `table` for the given absolute positions, reusing its storage; angles are computed in
+/// double so large positions keep full precision.
+template <class T>
+void fill_rope_table(RopeTable<T>& t, std::span<const double> inv_freq, std::span<const std::int64_t> positions) {
+  const Index n = Index(positions.size()), half = Index(inv_freq.size());
+  for (Tensor<T>* m : {&t.cos, &t.sin}) {
+    if (m->rank() != 2 || m->cols() != half) *m = Tensor<T>({n, half});
+    else m->resize_rows(n);
+  }
+  for (Index p = 0; p < n; ++p)
+    for (Index i = 0; i < half; ++i) {
+      const double angle = double(positions[std::size_t(p)]) * inv_freq[std::size_t(i)];
+      t.cos(p, i) = T(std::cos(angle));
+      t.sin(p, i) = T(std::sin(angle));
+    }
+}
+
+/// The table for the given absolute positions.
 template <class T>
 RopeTable<T> make_rope_table(std::span<const double> inv_freq, std::span<const std::int64_t> positions) {
-  RopeTable<T> t{Tensor<T>({Index(positions.size()), Index(inv_freq.size())}),
-                 Tensor<T>({Index(positions.size()), Index(inv_freq.size())})};
-  for (std::size_t p = 0; p < positions.size(); ++p)
-    for (std::size_t i = 0; i < inv_freq.size(); ++i) {
-      const double angle = double(positions[p]) * inv_freq[i];
-      t.cos(Index(p), Index(i)) = T(std::cos(angle));
-      t.sin(Index(p), Index(i)) = T(std::sin(angle));
-    }
+  RopeTable<T> t;
+  fill_rope_table(t, inv_freq, positions);
   return t;
 }
 

@@ -188,7 +188,7 @@ class Decoder {
     if (!type_table.empty())
       for (Index i = 0; i < n; ++i) simd::add(x.row(i), type_table.row(0), x.row(i), config.d_model);
     if (config.embedding_norm) embedding_norm.forward(x, x);
-    if (config.positions == PositionKind::rope) s.rope_ = make_rope_table<T>(inv_freq, s.positions_);
+    if (config.positions == PositionKind::rope) fill_rope_table<T>(s.rope_, inv_freq, s.positions_);
 
     StepContext<T> ctx;
     ctx.positions = s.positions_;

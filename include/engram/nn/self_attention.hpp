@@ -60,7 +60,9 @@ class SelfAttention final : public SequenceLayer<T> {
     }
     cache.append(k, v, ctx.positions);
 
-    std::vector<ConstView<T>> keys, values;
+    // Views of every head's keys and values; reused per thread, so a warm decode step allocates nothing here.
+    thread_local std::vector<ConstView<T>> keys, values;
+    keys.clear(), values.clear();
     for (Index h = 0; h < n_kv_heads; ++h) keys.push_back(cache.head(h).keys()), values.push_back(cache.head(h).values());
     View<T> attn = ctx.workspace->get(4, n, qd);
     AttentionInput<T> in;
