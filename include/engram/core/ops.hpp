@@ -296,10 +296,8 @@ struct RopeTable {
 template <class T>
 void fill_rope_table(RopeTable<T>& t, std::span<const double> inv_freq, std::span<const std::int64_t> positions) {
   const Index n = Index(positions.size()), half = Index(inv_freq.size());
-  for (Tensor<T>* m : {&t.cos, &t.sin}) {
-    if (m->rank() != 2 || m->cols() != half) *m = Tensor<T>({n, half});
-    else m->resize_rows(n);
-  }
+  t.cos.reshape_rows(n, half);
+  t.sin.reshape_rows(n, half);
   for (Index p = 0; p < n; ++p)
     for (Index i = 0; i < half; ++i) {
       const double angle = double(positions[std::size_t(p)]) * inv_freq[std::size_t(i)];

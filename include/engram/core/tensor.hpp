@@ -268,6 +268,12 @@ class Tensor {
       std::memset(static_cast<void*>(row_ptr(rows())), 0, sizeof(T) * std::size_t((new_rows - rows()) * stride_));
     shape_ = Shape{new_rows, cols()};
   }
+  /// Makes this a [rows, cols] tensor for reuse as scratch: keeps the allocation when the width
+  /// matches (growing it geometrically when needed), reallocates otherwise. Contents unspecified.
+  void reshape_rows(Index rows, Index cols) {
+    if (rank() != 2 || this->cols() != cols) *this = Tensor({rows, cols});
+    else resize_rows(rows);
+  }
   /// Ensures room for `n` rows without reallocating (rank 2).
   void reserve_rows(Index n) {
     if (n <= capacity_rows_) return;

@@ -36,8 +36,7 @@ class Workspace {
   /// A [rows, cols] view of slot `slot` (contents unspecified).
   View<T> get(int slot, Index rows, Index cols) {
     Tensor<T>& t = slots_.at(std::size_t(slot));
-    if (t.rank() != 2 || t.cols() != cols) t = Tensor<T>({rows, cols});
-    else t.resize_rows(rows);  // keeps the allocation when shrinking, grows geometrically
+    t.reshape_rows(rows, cols);
     return t.view();
   }
   std::size_t bytes() const {

@@ -145,8 +145,7 @@ class MemoryCell {
  private:
   // A [rows, cols] view of `t`, reallocating only when the width changes or it must grow.
   static View<T> rows_of(Tensor<T>& t, Index rows, Index cols) {
-    if (t.rank() != 2 || t.cols() != cols) t = Tensor<T>({rows, cols});
-    else t.resize_rows(rows);
+    t.reshape_rows(rows, cols);
     return t.view();
   }
   static View<std::uint8_t> square(Tensor<std::uint8_t>& t, Index n) {
