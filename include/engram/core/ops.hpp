@@ -186,18 +186,23 @@ void gelu_tanh(View<T> x) {
   });
 }
 
+namespace detail {
+/// gelu_tanh'(v) for a scalar or a batch of T (shared by gelu_tanh_derivative and its backward).
+template <class T, class V>
+V gelu_tanh_grad(V v) {
+  const V c(kSqrt2OverPi<T>), a(kGeluCubic<T>), half(T(0.5)), one(T(1)), three(T(3));
+  const V u = c * (v + a * v * v * v);
+  V t;
+  if constexpr (std::is_same_v<V, T>) t = std::tanh(u);
+  else t = xsimd::tanh(u);
+  return half * (one + t) + half * v * (one - t * t) * c * (one + three * a * v * v);
+}
+}  // namespace detail
+
 /// Derivative of the tanh-approximated GELU, in place: x <- gelu_tanh'(x).
 template <class T>
 void gelu_tanh_derivative(View<T> x) {
-  detail::map_rows(x, [](auto v) {
-    using V = decltype(v);
-    const V c(detail::kSqrt2OverPi<T>), a(detail::kGeluCubic<T>), half(T(0.5)), one(T(1)), three(T(3));
-    const V u = c * (v + a * v * v * v);
-    V t;
-    if constexpr (std::is_same_v<V, T>) t = std::tanh(u);
-    else t = xsimd::tanh(u);
-    return half * (one + t) + half * v * (one - t * t) * c * (one + three * a * v * v);
-  });
+  detail::map_rows(x, [](auto v) { return detail::gelu_tanh_grad<T>(v); });
 }
 
 /// Exact GELU: 0.5 x (1 + erf(x / sqrt(2))).
@@ -314,37 +319,47 @@ RopeTable<T> make_rope_table(std::span<const double> inv_freq, std::span<const s
   return t;
 }
 
+namespace detail {
+// Rotates every pair of x by +angle (forward) or -angle (Inverse: the transpose, which is the
+// backward of the rotation); row r uses row table_row0 + r of the table.
+template <bool Inverse, class T>
+void rope_rotate(View<T> x, Index n_heads, Index head_dim, const RopeTable<T>& table, RopePairing pairing,
+                 Index table_row0, const char* where) {
+  check(x.cols() == n_heads * head_dim, where, "expected ", n_heads, " heads x ", head_dim, " = ",
+        n_heads * head_dim, " columns, got ", x.cols());
+  check(table.half() * 2 == head_dim, where, "table covers head_dim ", table.half() * 2, ", expected ", head_dim);
+  check(table_row0 >= 0 && table_row0 + x.rows() <= table.size(), where, "rows [", table_row0, ", ",
+        table_row0 + x.rows(), ") outside a table of ", table.size(), " positions");
+  const Index half = head_dim / 2;
+  for (Index r = 0; r < x.rows(); ++r) {
+    const T* c = table.cos.row(table_row0 + r);
+    const T* sn = table.sin.row(table_row0 + r);
+    for (Index h = 0; h < n_heads; ++h) {
+      T* v = x.row(r) + h * head_dim;
+      if (pairing == RopePairing::rotate_half) {
+        for (Index i = 0; i < half; ++i) {
+          const T a = v[i], b = v[i + half], s = Inverse ? -sn[i] : sn[i];
+          v[i] = a * c[i] - b * s;
+          v[i + half] = b * c[i] + a * s;
+        }
+      } else {
+        for (Index i = 0; i < half; ++i) {
+          const T a = v[2 * i], b = v[2 * i + 1], s = Inverse ? -sn[i] : sn[i];
+          v[2 * i] = a * c[i] - b * s;
+          v[2 * i + 1] = a * s + b * c[i];
+        }
+      }
+    }
+  }
+}
+}  // namespace detail
+
 /// Rotates x [rows, n_heads * head_dim] in place; row r uses row table_row0 + r of the table (a
 /// table built once for a fixed set of positions, e.g. TTT's positions 0..15, serves any run of them).
 template <class T>
 void apply_rope(View<T> x, Index n_heads, Index head_dim, const RopeTable<T>& table, RopePairing pairing,
                 Index table_row0) {
-  check(x.cols() == n_heads * head_dim, "apply_rope", "expected ", n_heads, " heads x ", head_dim, " = ",
-        n_heads * head_dim, " columns, got ", x.cols());
-  check(table.half() * 2 == head_dim, "apply_rope", "table covers head_dim ", table.half() * 2, ", expected ", head_dim);
-  check(table_row0 >= 0 && table_row0 + x.rows() <= table.size(), "apply_rope", "rows [", table_row0, ", ",
-        table_row0 + x.rows(), ") outside a table of ", table.size(), " positions");
-  const Index half = head_dim / 2;
-  for (Index r = 0; r < x.rows(); ++r) {
-    const T* c = table.cos.row(table_row0 + r);
-    const T* s = table.sin.row(table_row0 + r);
-    for (Index h = 0; h < n_heads; ++h) {
-      T* v = x.row(r) + h * head_dim;
-      if (pairing == RopePairing::rotate_half) {
-        for (Index i = 0; i < half; ++i) {
-          const T a = v[i], b = v[i + half];
-          v[i] = a * c[i] - b * s[i];
-          v[i + half] = b * c[i] + a * s[i];
-        }
-      } else {
-        for (Index i = 0; i < half; ++i) {
-          const T a = v[2 * i], b = v[2 * i + 1];
-          v[2 * i] = a * c[i] - b * s[i];
-          v[2 * i + 1] = a * s[i] + b * c[i];
-        }
-      }
-    }
-  }
+  detail::rope_rotate<false>(x, n_heads, head_dim, table, pairing, table_row0, "apply_rope");
 }
 
 /// Rotates x [rows, n_heads * head_dim] in place; row r uses row r of the table.
