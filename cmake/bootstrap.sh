@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages engram's build, tests, benches and examples need, if missing.
 set -euo pipefail
 
-packages=(cmake ninja-build g++ libeigen3-dev libxsimd-dev catch2 libbenchmark-dev fortunes-min)
+packages=(cmake ninja-build g++ libeigen3-dev libxsimd-dev catch2 libbenchmark-dev libcli11-dev fortunes-min)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

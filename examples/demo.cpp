@@ -12,17 +12,6 @@ using namespace engram;
 
 namespace {
 
-const char* kUsage =
-    "usage: engram-demo [--max-length N] [--threads T] [--namm-weights F] [--namm-budget B]\n"
-    "  Reads a generated bAbI-style document (a fact hidden in background text, the question at the\n"
-    "  end) with four models of the same width (d = 256, 4 layers, random weights) and prints, per\n"
-    "  length: time to read it, analytic FLOPs, the memory its state keeps, and decode time per token.\n"
-    "  --max-length N     longest document (default 8192; lengths double from 1024)\n"
-    "  --threads T        threads (default: all)\n"
-    "  --namm-weights F   NAMM weights (default: random weights)\n"
-    "  --namm-budget B    NAMM hard cap: tokens or a ratio of the tokens seen (default: 0.25 with random\n"
-    "                     weights, which on their own evict little; none with --namm-weights)\n";
-
 struct Measurement {
   double read_s = 0, gflop = 0, state_mib = 0, decode_ms = -1;
   std::string note;
@@ -59,94 +48,102 @@ Measurement read_with_decoder(const Decoder<float>& model, const CachePolicy<flo
 }  // namespace
 
 int main(int argc, char** argv) {
-  examples::Args args(argc, argv, {{"max-length", "8192"}, {"threads", "0"}, {"namm-weights", ""}, {"namm-budget", ""}}, kUsage);
-  try {
-    if (args.integer("threads") > 0) set_num_threads(int(args.integer("threads")));
-    const Index max_length = args.integer("max-length");
-    check(max_length >= 512, "--max-length", "needs at least 512 tokens, got ", max_length);
+  Index max_length = 8192;
+  std::string namm_weights, namm_budget;
+  return cli::run(
+      argc, argv,
+      "engram-demo: reads a generated bAbI-style document (a fact hidden in background text, the question at the end) with "
+      "four models of the same width (d = 256, 4 layers, random weights): full attention, NAMM, TTT-Linear and RMT; prints, "
+      "per length: time to read it, analytic FLOPs, the memory its state keeps, and decode time per token.",
+      [&](CLI::App& app) {
+        app.add_option("--max-length", max_length, "longest document (lengths double from 1024)")
+            ->check(CLI::Range(Index(1024), Index(1) << 24));
+        app.add_option("--namm-weights", namm_weights, "NAMM weights (default: random weights)")->check(cli::regular_file());
+        app.add_option("--namm-budget", namm_budget,
+                       "NAMM hard cap: tokens or a ratio of the tokens seen (default: 0.25 with random weights, which on their "
+                       "own evict little; none with --namm-weights)")
+            ->check(examples::budget_validator());
+      },
+      [&] {
+        // The same width everywhere: d = 256, 4 layers, SwiGLU 768, byte vocabulary, random weights.
+        const auto attention_model = std::make_shared<const Decoder<float>>(examples::default_model(1));
+        ttt::ModelSpec spec;
+        spec.layer = ttt::Config::transformer(ttt::Kind::linear, 256, 4);
+        spec.vocab_size = tasks::ByteTokenizer::vocab_size;
+        spec.n_layers = 4;
+        spec.d_ff = 768;
+        auto ttt_model = ttt::make_decoder<float>(spec);
+        init_random(ttt_model, 2);
 
-    // The same width everywhere: d = 256, 4 layers, SwiGLU 768, byte vocabulary, random weights.
-    const auto attention_model = std::make_shared<const Decoder<float>>(examples::default_model(1));
-    ttt::ModelSpec spec;
-    spec.layer = ttt::Config::transformer(ttt::Kind::linear, 256, 4);
-    spec.vocab_size = tasks::ByteTokenizer::vocab_size;
-    spec.n_layers = 4;
-    spec.d_ff = 768;
-    auto ttt_model = ttt::make_decoder<float>(spec);
-    init_random(ttt_model, 2);
+        namm::NammWeights<float> weights;
+        if (!namm_weights.empty()) {
+          weights = namm::load_namm<float>(namm_weights);
+        } else {
+          weights.theta = Tensor<float>({namm::BamScorer<float>::kParams});
+          std::mt19937_64 rng(5);
+          std::normal_distribution<float> normal(0.f, 0.05f);
+          for (Index i = 0; i < weights.theta.numel(); ++i) weights.theta[i] = normal(rng);
+          weights.stats.var.fill(1.0);
+          weights.config.cap = namm::Budget::of_ratio(0.25);
+        }
+        if (!namm_budget.empty()) weights.config.cap = namm::parse_budget(namm_budget);
+        const auto namm_policy = weights.policy();
+        const std::string namm_name = weights.config.cap.limited() ? "NAMM (capped)" : "NAMM";
 
-    namm::NammWeights<float> weights;
-    if (!args.str("namm-weights").empty()) {
-      weights = namm::load_namm<float>(args.str("namm-weights"));
-    } else {
-      weights.theta = Tensor<float>({namm::BamScorer<float>::kParams});
-      std::mt19937_64 rng(5);
-      std::normal_distribution<float> normal(0.f, 0.05f);
-      for (Index i = 0; i < weights.theta.numel(); ++i) weights.theta[i] = normal(rng);
-      weights.stats.var.fill(1.0);
-      weights.config.cap = namm::Budget::of_ratio(0.25);
-    }
-    if (!args.str("namm-budget").empty()) weights.config.cap = namm::parse_budget(args.str("namm-budget"));
-    const auto namm_policy = weights.policy();
-    const std::string namm_name = weights.config.cap.limited() ? "NAMM (capped)" : "NAMM";
+        constexpr Index kSegment = 512, kMemory = 16;
+        const rmt::RecurrentWrapper<float> rmt_model(
+            rmt::MemoryCell<float>(attention_model, rmt::Config::decoder(kMemory, kSegment), rmt::hf_initial_memory(*attention_model, kMemory, 3)));
 
-    constexpr Index kSegment = 512, kMemory = 16;
-    const rmt::RecurrentWrapper<float> rmt_model(
-        rmt::MemoryCell<float>(attention_model, rmt::Config::decoder(kMemory, kSegment), rmt::hf_initial_memory(*attention_model, kMemory, 3)));
+        const std::vector<Contender> contenders = {
+            {"full attention", [&](auto doc) { return read_with_decoder(*attention_model, nullptr, doc); }},
+            {namm_name, [&](auto doc) { return read_with_decoder(*attention_model, &namm_policy, doc); }},
+            {"TTT-Linear", [&](auto doc) { return read_with_decoder(ttt_model, nullptr, doc); }},
+            {"RMT", [&](auto doc) {
+               Measurement m;
+               auto s = rmt_model.make_state();
+               const auto t0 = Clock::now();
+               rmt_model.push(doc, s);
+               rmt_model.finish(s);
+               m.read_s = since(t0);
+               m.gflop = s.flops.total() * 1e-9;
+               m.state_mib = double(s.peak_bytes()) / (1 << 20);
+               m.note = std::to_string((doc.size() + kSegment - 1) / kSegment) + " segments of " + std::to_string(kSegment) + " + " +
+                        std::to_string(kMemory) + " memory";
+               return m;
+             }}};
 
-    const std::vector<Contender> contenders = {
-        {"full attention", [&](auto doc) { return read_with_decoder(*attention_model, nullptr, doc); }},
-        {namm_name, [&](auto doc) { return read_with_decoder(*attention_model, &namm_policy, doc); }},
-        {"TTT-Linear", [&](auto doc) { return read_with_decoder(ttt_model, nullptr, doc); }},
-        {"RMT", [&](auto doc) {
-           Measurement m;
-           auto s = rmt_model.make_state();
-           const auto t0 = Clock::now();
-           rmt_model.push(doc, s);
-           rmt_model.finish(s);
-           m.read_s = since(t0);
-           m.gflop = s.flops.total() * 1e-9;
-           m.state_mib = double(s.peak_bytes()) / (1 << 20);
-           m.note = std::to_string((doc.size() + kSegment - 1) / kSegment) + " segments of " + std::to_string(kSegment) + " + " +
-                    std::to_string(kMemory) + " memory";
-           return m;
-         }}};
-
-    const auto doc = examples::babi_document(max_length, 11);
-    std::printf("document: %td byte tokens; fact \"%s\" at token %td; question \"%s\" (answer: %s)\n", max_length,
-                doc.info.facts[0].c_str(), doc.info.fact_spans[0].begin, doc.info.question.c_str(),
-                std::string(doc.info.answer_text()).c_str());
-    std::printf("models: d = 256, 4 layers, random weights; one state per sequence; %d threads\n\n", num_threads());
-    std::printf("%-15s %8s %10s %10s %10s %11s %11s  %s\n", "method", "tokens", "read (s)", "tokens/s", "GFLOP", "state MiB",
-                "decode ms", "");
-    std::vector<std::vector<Measurement>> results(contenders.size());
-    for (Index length = 1024; length <= max_length; length *= 2) {
-      const auto prefix = std::span(doc.tokens).subspan(0, std::size_t(length));
-      for (std::size_t c = 0; c < contenders.size(); ++c) {
-        const Measurement m = contenders[c].read(prefix);
-        results[c].push_back(m);
-        char decode[32] = "      n/a";
-        if (m.decode_ms >= 0) std::snprintf(decode, sizeof decode, "%11.3f", m.decode_ms);
-        std::printf("%-15s %8td %10.3f %10.0f %10.2f %11.2f %11s  %s\n", contenders[c].name.c_str(), length, m.read_s,
-                    double(length) / m.read_s, m.gflop, m.state_mib, decode, m.note.c_str());
-      }
-      std::printf("\n");
-    }
-    const Measurement& full = results[0].back();
-    std::printf("at %td tokens, relative to full attention:\n", Index(doc.tokens.size()));
-    for (std::size_t c = 1; c < contenders.size(); ++c) {
-      const Measurement& m = results[c].back();
-      std::printf("  %-14s %5.2fx faster to read, %5.2fx fewer FLOPs, %6.1fx less state memory\n", contenders[c].name.c_str(),
-                  full.read_s / m.read_s, full.gflop / m.gflop, full.state_mib / m.state_mib);
-    }
-    std::printf("\nState memory is what the method keeps per sequence: KV caches (with NAMM's feature columns), TTT's\n"
-                "inner weights, or RMT's memory plus one segment's working set. NAMM pays for its scorer (quadratic\n"
-                "in the cache size, every 512 tokens) and for streaming attention probabilities (one more Q.K^T).\n"
-                "Weights are random: this table is about cost; accuracy needs trained weights (engram-namm-evolve,\n"
-                "a converted evo-memory checkpoint, or the RMT tasks).\n");
-  } catch (const Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+        const auto doc = examples::babi_document(max_length, 11);
+        std::printf("document: %td byte tokens; fact \"%s\" at token %td; question \"%s\" (answer: %s)\n", max_length,
+                    doc.info.facts[0].c_str(), doc.info.fact_spans[0].begin, doc.info.question.c_str(),
+                    std::string(doc.info.answer_text()).c_str());
+        std::printf("models: d = 256, 4 layers, random weights; one state per sequence; %d threads\n\n", num_threads());
+        std::printf("%-15s %8s %10s %10s %10s %11s %11s  %s\n", "method", "tokens", "read (s)", "tokens/s", "GFLOP", "state MiB",
+                    "decode ms", "");
+        std::vector<std::vector<Measurement>> results(contenders.size());
+        for (Index length = 1024; length <= max_length; length *= 2) {
+          const auto prefix = std::span(doc.tokens).subspan(0, std::size_t(length));
+          for (std::size_t c = 0; c < contenders.size(); ++c) {
+            const Measurement m = contenders[c].read(prefix);
+            results[c].push_back(m);
+            char decode[32] = "      n/a";
+            if (m.decode_ms >= 0) std::snprintf(decode, sizeof decode, "%11.3f", m.decode_ms);
+            std::printf("%-15s %8td %10.3f %10.0f %10.2f %11.2f %11s  %s\n", contenders[c].name.c_str(), length, m.read_s,
+                        double(length) / m.read_s, m.gflop, m.state_mib, decode, m.note.c_str());
+          }
+          std::printf("\n");
+        }
+        const Measurement& full = results[0].back();
+        std::printf("at %td tokens, relative to full attention:\n", Index(doc.tokens.size()));
+        for (std::size_t c = 1; c < contenders.size(); ++c) {
+          const Measurement& m = results[c].back();
+          std::printf("  %-14s %5.2fx faster to read, %5.2fx fewer FLOPs, %6.1fx less state memory\n", contenders[c].name.c_str(),
+                      full.read_s / m.read_s, full.gflop / m.gflop, full.state_mib / m.state_mib);
+        }
+        std::printf("\nState memory is what the method keeps per sequence: KV caches (with NAMM's feature columns), TTT's\n"
+                    "inner weights, or RMT's memory plus one segment's working set. NAMM pays for its scorer (quadratic\n"
+                    "in the cache size, every 512 tokens) and for streaming attention probabilities (one more Q.K^T).\n"
+                    "Weights are random: this table is about cost; accuracy needs trained weights (engram-namm-evolve,\n"
+                    "a converted evo-memory checkpoint, or the RMT tasks).\n");
+        return 0;
+      });
 }

@@ -1,61 +1,23 @@
-// Shared by the example programs: argument parsing, the default byte-level model, input documents.
+// Shared by the example programs: the default byte-level model, input documents, token lists.
+// Argument parsing is cli.hpp.
 #pragma once
 
 #include <cstdio>
+#include <cmath>
 #include <cstdlib>
 #include <functional>
-#include <map>
+#include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include <engram/engram.hpp>
 
+#include "cli.hpp"
+
 namespace examples {
 
 using namespace engram;
-
-/// "--name value" and "--flag" arguments; unknown names are errors.
-class Args {
- public:
-  Args(int argc, char** argv, std::map<std::string, std::string> defaults, std::string usage)
-      : values_(std::move(defaults)), usage_(std::move(usage)) {
-    for (int i = 1; i < argc; ++i) {
-      std::string a = argv[i];
-      if (a == "--help" || a == "-h") {
-        std::printf("%s", usage_.c_str());
-        std::exit(0);
-      }
-      if (a.rfind("--", 0) != 0 || !values_.count(a.substr(2))) die("unknown argument " + a);
-      const std::string key = a.substr(2);
-      if (values_[key] == "off" || values_[key] == "on") values_[key] = "on";  // a flag
-      else if (i + 1 < argc) values_[key] = argv[++i];
-      else die("missing value after " + a);
-    }
-  }
-  const std::string& str(const std::string& k) const { return values_.at(k); }
-  long integer(const std::string& k) const { return parse<long>(k, [](const std::string& s, std::size_t* n) { return std::stol(s, n); }); }
-  double number(const std::string& k) const { return parse<double>(k, [](const std::string& s, std::size_t* n) { return std::stod(s, n); }); }
-  bool flag(const std::string& k) const { return values_.at(k) == "on"; }
-  [[noreturn]] void die(const std::string& msg) const {
-    std::fprintf(stderr, "error: %s\n\n%s", msg.c_str(), usage_.c_str());
-    std::exit(2);
-  }
-
- private:
-  template <class V, class F>
-  V parse(const std::string& k, F f) const {
-    const std::string& s = values_.at(k);
-    try {
-      std::size_t used = 0;
-      const V v = f(s, &used);
-      if (used == s.size()) return v;
-    } catch (...) {
-    }
-    die("--" + k + " expects a number, got \"" + s + "\"");
-  }
-  std::map<std::string, std::string> values_;
-  std::string usage_;
-};
 
 /// A byte-level Llama-style model with random weights (d 256, 4 layers, 8 heads over 2 KV heads):
 /// what the examples run when no --model is given. Its vocabulary covers the tasks' byte tokenizer.
@@ -72,13 +34,55 @@ inline Decoder<float> default_model(std::uint64_t seed = 1) {
 inline Decoder<float> load_or_default(const std::string& dir) { return dir.empty() ? default_model() : hf::load_decoder<float>(dir); }
 
 /// A bAbI-style long document (a qa1 fact hidden in background text, the question at the end) of
-/// `length` byte tokens; background from `corpus_path` or Debian's fortunes.
-inline tasks::Sample babi_document(Index length, std::uint64_t seed, const std::string& corpus_path = "") {
+/// `length` byte tokens; background from `corpus_path` or Debian's fortunes. With `length_option`
+/// (e.g. "--length"), a length the task cannot use is a cli::UsageError naming that option.
+inline tasks::Sample babi_document(Index length, std::uint64_t seed, const std::string& corpus_path = "",
+                                   const std::string& length_option = "") {
   const auto corpus = tasks::Corpus::from_path(corpus_path.empty() ? std::string(tasks::Corpus::kFortunesDir) : corpus_path);
   tasks::TaskOptions o;
   o.task = tasks::Task::fact_detection;
   o.length = length;
-  return tasks::make_sample(corpus, o, seed);
+  try {
+    return tasks::make_sample(corpus, o, seed);
+  } catch (const Error& e) {  // the corpus is read above: what fails here is the length
+    if (length_option.empty()) throw;
+    cli::usage_error(length_option, e.what());
+  }
+}
+
+/// Token ids of `text` ("1 2 3", spaces or commas), each in [0, vocab): anything else is a
+/// cli::UsageError naming `option` and the offending id.
+inline std::vector<std::int32_t> parse_token_ids(const std::string& text, Index vocab, const std::string& option = "--tokens") {
+  std::vector<std::int32_t> ids;
+  std::string spaced = text;
+  for (char& ch : spaced)
+    if (ch == ',') ch = ' ';
+  std::istringstream in(spaced);
+  for (std::string word; in >> word;) {
+    std::size_t used = 0;
+    long long id = 0;
+    try {
+      id = std::stoll(word, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != word.size() || used == 0) cli::usage_error(option, "expected token ids separated by spaces, got \"" + word + "\"");
+    if (id < 0 || id >= vocab)
+      cli::usage_error(option, "token id " + word + " is outside the model's vocabulary [0, " + std::to_string(vocab) + ")");
+    ids.push_back(std::int32_t(id));
+  }
+  return ids;
+}
+
+/// Validator of a --budget value: a token count (2048) or a ratio in (0, 1] (0.25), as namm::parse_budget reads it.
+inline CLI::Validator budget_validator() {
+  return cli::checked_by("BUDGET", [](const std::string& text) {
+    // Counts beyond 2^40 tokens are refused here: parse_budget converts the number to an integer.
+    char* end = nullptr;
+    const double v = std::strtod(text.c_str(), &end);
+    check(!(std::abs(v) > 1e12), "budget", "expected a token count or a ratio in (0, 1], got \"", text, "\"");
+    (void)namm::parse_budget(text);
+  });
 }
 
 /// Bytes of a text file as tokens.
