@@ -1,6 +1,7 @@
 // Fused attention with online softmax (never materialises the Tq x Tk score matrix): MHA and GQA,
-// causal / reverse-causal / bidirectional / custom masks, a query offset, and an optional sink that
-// receives the exact post-softmax probabilities averaged over each GQA group.
+// causal (optionally sliding-window) / reverse-causal / bidirectional / custom masks, a query offset,
+// the per-row log-sum-exp the backward needs, and an optional sink that receives the exact
+// post-softmax probabilities averaged over each GQA group.
 #pragma once
 
 #include <cmath>
@@ -19,7 +20,7 @@ ENGRAM_NAMESPACE_BEGIN
 
 /// Which keys a query sees. Indices are cache rows; query i has index offset + i among the keys.
 enum class MaskKind {
-  causal,          ///< key j visible iff j <= offset + i
+  causal,          ///< key j visible iff j <= offset + i (and j > offset + i - window with a window)
   reverse_causal,  ///< key j visible iff j >= offset + i (NAMM's backward-masked scorer)
   none,            ///< every key visible (bidirectional encoders)
   custom           ///< an explicit [Tq, Tk] mask, nonzero = visible
@@ -50,6 +51,11 @@ inline constexpr Index kSinkRows = 16;
 /// Arguments of attention(). Shapes: q and out [Tq, n_heads * head_dim] (head h in columns
 /// h*d .. h*d+d-1); k[h], v[h] [Tk_h, head_dim] for each of the n_kv_heads = k.size() KV heads.
 /// Query head h reads KV head h / (n_heads / n_kv_heads). `out` may alias `q`.
+///
+/// Sliding window (`window` > 0, causal only): query i, at index p = offset + i among the keys,
+/// sees key j iff p - window < j <= p, i.e. the `window` most recent keys including its own, the
+/// convention of Hugging Face Mistral (`kv_idx > q_idx - sliding_window` AND `kv_idx <= q_idx`).
+/// Keys outside the window are skipped, never computed and masked afterwards.
 template <class T>
 struct AttentionInput {
   ConstView<T> q;
@@ -64,6 +70,11 @@ struct AttentionInput {
   ConstView<std::uint8_t> custom_mask;    ///< [Tq, Tk] for MaskKind::custom
   ProbabilitySink<T>* sink = nullptr;     ///< optional: recomputes Q K^T once more (+50% FLOPs), no extra memory
   Index sink_phase = 0;                   ///< (caller's index of query 0) mod kSinkRows: aligns the sink blocks
+  /// Optional [Tq, n_heads]: per query row and head, the natural-log log-sum-exp of the scaled,
+  /// masked scores (m + log l of the online softmax), what attention_backward() needs; -inf for a
+  /// row that sees no key, NaN for a row whose scores are NaN.
+  View<T> lse;
+  Index window = 0;                       ///< sliding window in keys (causal only); 0: unlimited
 };
 
 namespace attention_detail {
@@ -81,6 +92,9 @@ template <class T>
 inline constexpr int kTileRows = (W<T> * sizeof(T) >= 64) ? 4 : 2;
 /// Queries per task on the tiled path: the score tile (64 x kKeyBlock) stays in L1.
 inline constexpr Index kQueryBlock = 64;
+/// Queries per task with a sliding window: a block of Bq queries spans window + Bq - 1 keys of which
+/// each row uses `window`, so small blocks waste little (16: 6% at window 256, against 25% for 64).
+inline constexpr Index kWindowQueryBlock = 16;
 /// Below this many queries per head, transposing K costs more than it saves: use row dots.
 inline constexpr Index kTiledMinQueries = 16;
 
@@ -103,7 +117,8 @@ struct Plan {
   Visible visible(Index kv, Index qi, Index j0, Index bc) const {
     const Index pos = offset(kv) + qi;
     switch (in.mask) {
-      case MaskKind::causal: return {0, std::clamp<Index>(pos + 1 - j0, 0, bc)};
+      case MaskKind::causal:
+        return {in.window > 0 ? std::clamp<Index>(pos - in.window + 1 - j0, 0, bc) : 0, std::clamp<Index>(pos + 1 - j0, 0, bc)};
       case MaskKind::reverse_causal: return {std::clamp<Index>(pos - j0, 0, bc), bc};
       default: return {0, bc};
     }
@@ -112,9 +127,23 @@ struct Plan {
   std::pair<Index, Index> key_range(Index kv, Index q0, Index q1) const {
     const Index nk = in.k[kv].rows();
     switch (in.mask) {
-      case MaskKind::causal: return {0, std::clamp<Index>(offset(kv) + q1, 0, nk)};
+      case MaskKind::causal:
+        return {in.window > 0 ? std::clamp<Index>(offset(kv) + q0 - in.window + 1, 0, nk) : 0,
+                std::clamp<Index>(offset(kv) + q1, 0, nk)};
       case MaskKind::reverse_causal: return {std::clamp<Index>(offset(kv) + q0, 0, nk), nk};
       default: return {0, nk};
+    }
+  }
+  /// Queries [first, last) that see at least one of the keys j0 .. j1-1 (j0 < j1; for custom masks
+  /// every query).
+  std::pair<Index, Index> query_range(Index kv, Index j0, Index j1) const {
+    const Index off = offset(kv);
+    switch (in.mask) {
+      case MaskKind::causal:  // off + i >= j0, and off + i - window + 1 <= j1 - 1 with a window
+        return {std::clamp<Index>(j0 - off, 0, n_q),
+                in.window > 0 ? std::clamp<Index>(j1 - 1 + in.window - off, 0, n_q) : n_q};
+      case MaskKind::reverse_causal: return {0, std::clamp<Index>(j1 - off, 0, n_q)};  // off + i <= j1 - 1
+      default: return {0, n_q};
     }
   }
 };
@@ -133,28 +162,48 @@ inline void pin_register(B<T>& b) {
 #endif
 }
 
-// S [R, kKeyBlock] = Q [R, d] * panel; the panel is one key block of K transposed, [d, kKeyBlock]
-// contiguous (row stride ldk), so the d rows it touches never alias in L1.
-template <class T, int R>
+// S [R, NB * W] = Q [R, d] * panel; the panel is (part of) one key block of K transposed, [d, >= NB * W]
+// with row stride ldk (contiguous for a whole block, so the d rows it touches never alias in L1).
+template <class T, int R, int NB>
 void scores_tiled(const T* q, Index ldq, Index d, const T* kt, Index ldk, T* s, Index lds) {
-  B<T> acc[R][4];
+  B<T> acc[R][NB];
   for (int r = 0; r < R; ++r)
-    for (int x = 0; x < 4; ++x) acc[r][x] = B<T>(T(0));
+    for (int x = 0; x < NB; ++x) acc[r][x] = B<T>(T(0));
   for (Index c = 0; c < d; ++c) {
     const T* krow = kt + c * ldk;
-    B<T> k0 = simd::load(krow), k1 = simd::load(krow + W<T>), k2 = simd::load(krow + 2 * W<T>),
-         k3 = simd::load(krow + 3 * W<T>);
-    if constexpr (R > 1) pin_register(k0), pin_register(k1), pin_register(k2), pin_register(k3);
+    B<T> kb[NB];
+    for (int x = 0; x < NB; ++x) {
+      kb[x] = simd::load(krow + x * W<T>);
+      if constexpr (R > 1) pin_register(kb[x]);
+    }
     for (int r = 0; r < R; ++r) {
       const B<T> qb(q[r * ldq + c]);
-      acc[r][0] = xsimd::fma(qb, k0, acc[r][0]);
-      acc[r][1] = xsimd::fma(qb, k1, acc[r][1]);
-      acc[r][2] = xsimd::fma(qb, k2, acc[r][2]);
-      acc[r][3] = xsimd::fma(qb, k3, acc[r][3]);
+      for (int x = 0; x < NB; ++x) acc[r][x] = xsimd::fma(qb, kb[x], acc[r][x]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int x = 0; x < 4; ++x) simd::store(s + r * lds + x * W<T>, acc[r][x]);
+    for (int x = 0; x < NB; ++x) simd::store(s + r * lds + x * W<T>, acc[r][x]);
+}
+
+// S [n_rows, registers x0 .. x0 + nb) = Q [n_rows, d] * panel registers x0 .. x0 + nb (nb <= 4),
+// register-tiled over rows.
+template <class T>
+void scores_panel(const T* q, Index ldq, Index n_rows, Index d, const T* panel, Index ldk, T* s, Index lds, Index x0,
+                  Index nb) {
+  constexpr int R = kTileRows<T>;
+  const auto run = [&]<int Rows>(Index r) {
+    const T* kt = panel + x0 * W<T>;
+    T* out = s + r * lds + x0 * W<T>;
+    switch (nb) {
+      case 4: scores_tiled<T, Rows, 4>(q + r * ldq, ldq, d, kt, ldk, out, lds); break;
+      case 3: scores_tiled<T, Rows, 3>(q + r * ldq, ldq, d, kt, ldk, out, lds); break;
+      case 2: scores_tiled<T, Rows, 2>(q + r * ldq, ldq, d, kt, ldk, out, lds); break;
+      default: scores_tiled<T, Rows, 1>(q + r * ldq, ldq, d, kt, ldk, out, lds); break;
+    }
+  };
+  Index r = 0;
+  for (; r + R <= n_rows; r += R) run.template operator()<R>(r);
+  for (; r < n_rows; ++r) run.template operator()<1>(r);
 }
 
 // S [n_rows, bc] = Q [n_rows, d] * K[j0 : j0 + bc]^T with K in row layout [Tk, ldk >= d_pad]: one
@@ -177,46 +226,51 @@ void scores_rows(const T* q, Index ldq, Index n_rows, Index d, const T* k, Index
   }
 }
 
-// O [R, d_pad] += P [R, bc] * V [bc, d_pad]; NB registers of the output row per pass.
-template <class T, int R, int NB>
-void pv_block(const T* p, Index ldp, Index bc, const T* v, Index ldv, T* o, Index ldo) {
+// O [R, NB * W] += A [R, len] * Bm [len, NB * W], accumulators in registers. A(r, i) is
+// a[r * lda + i], or a[i * lda + r] when ATrans (a stored [len, R] tile read transposed: the
+// backward's P^T dO and dS^T Q use the score tiles without transposing them).
+template <class T, int R, int NB, bool ATrans>
+void rank_block(const T* a, Index lda, Index len, const T* bm, Index ldb, T* o, Index ldo) {
   B<T> acc[R][NB];
   for (int r = 0; r < R; ++r)
     for (int x = 0; x < NB; ++x) acc[r][x] = simd::load(o + r * ldo + x * W<T>);
-  for (Index j = 0; j < bc; ++j) {
+  for (Index i = 0; i < len; ++i) {
     B<T> vb[NB];
     for (int x = 0; x < NB; ++x) {
-      vb[x] = simd::load(v + j * ldv + x * W<T>);
+      vb[x] = simd::load(bm + i * ldb + x * W<T>);
       if constexpr (R > 1) pin_register(vb[x]);
     }
     for (int r = 0; r < R; ++r) {
-      const B<T> pb(p[r * ldp + j]);
-      for (int x = 0; x < NB; ++x) acc[r][x] = xsimd::fma(pb, vb[x], acc[r][x]);
+      const B<T> ab(ATrans ? a[i * lda + r] : a[r * lda + i]);
+      for (int x = 0; x < NB; ++x) acc[r][x] = xsimd::fma(ab, vb[x], acc[r][x]);
     }
   }
   for (int r = 0; r < R; ++r)
     for (int x = 0; x < NB; ++x) simd::store(o + r * ldo + x * W<T>, acc[r][x]);
 }
 
-template <class T, int R>
-void pv_rows(const T* p, Index ldp, Index bc, const T* v, Index ldv, T* o, Index ldo, Index d_pad) {
+template <class T, int R, bool ATrans>
+void rank_rows(const T* a, Index lda, Index len, const T* bm, Index ldb, T* o, Index ldo, Index d_pad) {
   for (Index c = 0; c < d_pad; c += 4 * W<T>) {
     switch (std::min<Index>(4, (d_pad - c) / W<T>)) {
-      case 4: pv_block<T, R, 4>(p, ldp, bc, v + c, ldv, o + c, ldo); break;
-      case 3: pv_block<T, R, 3>(p, ldp, bc, v + c, ldv, o + c, ldo); break;
-      case 2: pv_block<T, R, 2>(p, ldp, bc, v + c, ldv, o + c, ldo); break;
-      default: pv_block<T, R, 1>(p, ldp, bc, v + c, ldv, o + c, ldo); break;
+      case 4: rank_block<T, R, 4, ATrans>(a, lda, len, bm + c, ldb, o + c, ldo); break;
+      case 3: rank_block<T, R, 3, ATrans>(a, lda, len, bm + c, ldb, o + c, ldo); break;
+      case 2: rank_block<T, R, 2, ATrans>(a, lda, len, bm + c, ldb, o + c, ldo); break;
+      default: rank_block<T, R, 1, ATrans>(a, lda, len, bm + c, ldb, o + c, ldo); break;
     }
   }
 }
 
-// O [n_rows, d_pad] += P [n_rows, bc] * V [bc, d_pad], register-tiled over rows.
-template <class T>
-void pv_accumulate(const T* p, Index ldp, Index n_rows, Index bc, const T* v, Index ldv, T* o, Index ldo, Index d_pad) {
+// O [n_rows, d_pad] += A [n_rows, len] * Bm [len, d_pad], register-tiled over rows (A as rank_block
+// reads it). The forward's P V is rank_update<false>(P, V); the backward's dQ += dS K is too, and
+// dV += P^T dO, dK += dS^T Q are rank_update<true>.
+template <class T, bool ATrans>
+void rank_update(const T* a, Index lda, Index n_rows, Index len, const T* bm, Index ldb, T* o, Index ldo, Index d_pad) {
   constexpr int R = kTileRows<T>;
+  const auto a_rows = [&](Index r) { return ATrans ? a + r : a + r * lda; };
   Index r = 0;
-  for (; r + R <= n_rows; r += R) pv_rows<T, R>(p + r * ldp, ldp, bc, v, ldv, o + r * ldo, ldo, d_pad);
-  for (; r < n_rows; ++r) pv_rows<T, 1>(p + r * ldp, ldp, bc, v, ldv, o + r * ldo, ldo, d_pad);
+  for (; r + R <= n_rows; r += R) rank_rows<T, R, ATrans>(a_rows(r), lda, len, bm, ldb, o + r * ldo, ldo, d_pad);
+  for (; r < n_rows; ++r) rank_rows<T, 1, ATrans>(a_rows(r), lda, len, bm, ldb, o + r * ldo, ldo, d_pad);
 }
 
 // Masks s[0, bc) outside `vis` (and where the custom mask row is 0) with -inf.
@@ -231,11 +285,18 @@ void apply_mask(T* s, Index bc, Visible vis, const std::uint8_t* custom_row) {
 }
 
 // One online-softmax step of a query row over a key block: s[0, bc) holds masked scores; on return
-// it holds exp(s - m_new) (0 where masked); m, l and the output row o are rescaled.
+// it holds exp(s - m_new) (0 where masked); m, l and the output row o are rescaled. NaN scores make
+// m and l NaN (they stay NaN through later blocks), so the row's output is NaN, never zeros.
 template <class T>
 void online_softmax_step(T* s, Index bc, Visible vis, T& m, T& l, T* o, Index d_pad) {
   const T block_max = simd::max(s + vis.lo, vis.hi - vis.lo);
   if (!(block_max > -std::numeric_limits<T>::infinity())) {
+    // No finite maximum: every entry masked (-inf), or NaN scores (max may drop NaN, so look).
+    for (Index j = vis.lo; j < vis.hi; ++j)
+      if (std::isnan(s[j])) {
+        m = l = std::numeric_limits<T>::quiet_NaN();
+        break;
+      }
     std::fill(s, s + bc, T(0));
     return;
   }
@@ -268,6 +329,21 @@ ConstView<T> readable_padded(ConstView<T> x, Index d_pad, Tensor<T>& storage) {
   return storage.view();
 }
 
+// x [n, d] transposed block by block into panels [n_blocks, d, kKeyBlock]: panel b holds rows
+// b*KB .. b*KB+KB-1 as columns (contiguous, so a score tile streams it); columns past n are zero.
+template <class T>
+Tensor<T> key_panels(ConstView<T> x) {
+  constexpr Index KB = kKeyBlock<T>;
+  const Index n = x.rows(), d = x.cols();
+  Tensor<T> panels({std::max<Index>((n + KB - 1) / KB, 1), d, KB});
+  for (Index j = 0; j < n; ++j) {
+    const T* src = x.row(j);
+    T* dst = panels.mat(j / KB).data() + j % KB;
+    for (Index c = 0; c < d; ++c) dst[c * KB] = src[c];
+  }
+  return panels;
+}
+
 // Query rows of a task: row r is query qi[r] of query head qh[r].
 struct RowSet {
   const Index* qi;
@@ -285,19 +361,18 @@ void gather_queries(const Plan<T>& plan, RowSet rows, T* qs, Index ldq) {
   }
 }
 
-// Scores of all rows against keys [j0, j0 + bc) into s [n, lds].
+// Scores of all rows against keys [j0 + a, j0 + b) of the block at j0 into s [n, lds] (columns
+// relative to j0; the tiled path computes whole registers around [a, b), other columns are left as
+// they were).
 template <class T>
-void block_scores(const Plan<T>& plan, const KeyValues<T>& kv, const T* qs, Index ldq, Index n, Index j0, Index bc,
-                  T* s, Index lds) {
+void block_scores(const Plan<T>& plan, const KeyValues<T>& kv, const T* qs, Index ldq, Index n, Index j0, Index a,
+                  Index b, T* s, Index lds) {
   if (!kv.panels.empty()) {
-    constexpr int R = kTileRows<T>;
     constexpr Index KB = kKeyBlock<T>;
-    const T* panel = kv.panels.mat(j0 / KB).data();
-    Index r = 0;
-    for (; r + R <= n; r += R) scores_tiled<T, R>(qs + r * ldq, ldq, plan.d, panel, KB, s + r * lds, lds);
-    for (; r < n; ++r) scores_tiled<T, 1>(qs + r * ldq, ldq, plan.d, panel, KB, s + r * lds, lds);
+    const Index x0 = a / W<T>, x1 = (b + W<T> - 1) / W<T>;
+    scores_panel(qs, ldq, n, plan.d, kv.panels.mat(j0 / KB).data(), KB, s, lds, x0, x1 - x0);
   } else {
-    scores_rows(qs, ldq, n, plan.d, kv.k.row(0) + j0 * kv.k.stride(), kv.k.stride(), bc, s, lds);
+    scores_rows(qs, ldq, n, plan.d, kv.k.row(0) + (j0 + a) * kv.k.stride(), kv.k.stride(), b - a, s + a, lds);
   }
 }
 
@@ -327,18 +402,25 @@ void flash_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, RowS
   const auto [first, last] = plan.key_range(kv_head, q_lo, q_hi);
   for (Index j0 = first / KB * KB; j0 < last; j0 += KB) {
     const Index bc = std::min(KB, kv.k.rows() - j0);
-    block_scores(plan, kv, qs, d_pad, n, j0, bc, s, KB);
+    // Keys [a, b) of this block are the ones some row sees: the first and last blocks of a range
+    // (the causal diagonal, the far edge of a window) compute and accumulate only those.
+    const Index a = std::max<Index>(first - j0, 0), b = std::min(bc, last - j0);
+    if (a >= b) continue;
+    block_scores(plan, kv, qs, d_pad, n, j0, a, b, s, KB);
     for (Index r = 0; r < n; ++r) {
       const Visible vis = plan.visible(kv_head, rows.qi[r], j0, bc);
       apply_mask(s + r * KB, bc, vis, custom_row(plan, rows.qi[r], j0));
       online_softmax_step(s + r * KB, bc, vis, m[r], l[r], o + r * d_pad, d_pad);
     }
-    pv_accumulate(s, KB, n, bc, kv.v.row(0) + j0 * kv.v.stride(), kv.v.stride(), o, d_pad, d_pad);
+    rank_update<T, false>(s + a, KB, n, b - a, kv.v.row(j0 + a), kv.v.stride(), o, d_pad, d_pad);  // O += P V
   }
   for (Index r = 0; r < n; ++r) {
     T* dst = plan.in.out.row(rows.qi[r]) + rows.qh[r] * plan.d;
-    const T inv = l[r] > T(0) ? T(1) / l[r] : T(0);
+    // l == 0 only when the mask hides every key: zeros. A NaN l gives a NaN row.
+    const T inv = l[r] == T(0) ? T(0) : T(1) / l[r];
     for (Index c = 0; c < plan.d; ++c) dst[c] = o[r * d_pad + c] * inv;
+    if (!plan.in.lse.empty())
+      plan.in.lse(rows.qi[r], rows.qh[r]) = l[r] == T(0) ? -std::numeric_limits<T>::infinity() : m[r] + std::log(l[r]);
   }
   if (m_out) std::copy_n(m, n, m_out);
   if (l_out) std::copy_n(l, n, l_out);
@@ -369,13 +451,13 @@ void sink_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, Index
     const Index bc = std::min(KB, kv.k.rows() - j0);
     std::fill(avg, avg + n * KB, T(0));
     for (Index g = 0; g < G; ++g) {
-      block_scores(plan, kv, qs + g * kSinkRows * d_pad, d_pad, n, j0, bc, s, KB);
+      block_scores(plan, kv, qs + g * kSinkRows * d_pad, d_pad, n, j0, 0, bc, s, KB);
       for (Index r = 0; r < n; ++r) {
         T* row = s + r * KB;
         const Visible vis = plan.visible(kv_head, q0 + r, j0, bc);
         apply_mask(row, bc, vis, custom_row(plan, q0 + r, j0));
         const T lr = l[g * kSinkRows + r];
-        if (!(lr > T(0)) || vis.hi <= vis.lo) continue;  // a row that sees nothing has no probability
+        if (lr == T(0) || vis.hi <= vis.lo) continue;  // a row that sees nothing has no probability (NaN stays NaN)
         exp_shifted(row + vis.lo, vis.hi - vis.lo, m[g * kSinkRows + r]);
         simd::axpy(inv_group / lr, row + vis.lo, avg + r * KB + vis.lo, vis.hi - vis.lo);
       }
@@ -407,6 +489,11 @@ void validate(const AttentionInput<T>& in) {
       check(in.k[h].rows() == in.k[0].rows(), where, "a custom mask needs the same key count in every KV head");
     check_shape(in.custom_mask, in.q.rows(), in.k[0].rows(), where, "custom_mask");
   }
+  check(in.offset >= -1, where, "offset must be >= 0 (or -1 for the default), got ", in.offset);
+  check(in.window >= 0, where, "window must be >= 0 (0: no window), got ", in.window);
+  check(in.window == 0 || in.mask == MaskKind::causal, where, "a sliding window (", in.window,
+        ") needs MaskKind::causal, got mask kind ", int(in.mask));
+  if (in.lse.rows() != 0 || in.lse.cols() != 0) check_shape(in.lse, in.q.rows(), in.n_heads, where, "lse");
 }
 
 }  // namespace attention_detail
@@ -414,7 +501,8 @@ void validate(const AttentionInput<T>& in) {
 /// Multi-head attention softmax(scale * Q K^T + mask) V per head, fused: scores are produced in
 /// register tiles and consumed by an online softmax, so memory stays O(rows x block). With a sink,
 /// a second pass over each block of kSinkRows queries recomputes the score tiles and hands the
-/// exact probabilities over, averaged across each GQA group. Rows that see no key produce zeros.
+/// exact probabilities over, averaged across each GQA group. Rows that see no key (by the mask)
+/// produce zeros; NaN scores produce a NaN row. With `lse` set, writes each row's log-sum-exp.
 template <class T>
 void attention(const AttentionInput<T>& in) {
   using namespace attention_detail;
@@ -433,14 +521,7 @@ void attention(const AttentionInput<T>& in) {
     kv.v = readable_padded(in.v[h], d_pad, kv.v_copy);
     kv.k = in.k[h];
     if (tiled) {
-      constexpr Index KB = kKeyBlock<T>;
-      const Index nk = in.k[h].rows();
-      kv.panels = Tensor<T>({std::max<Index>((nk + KB - 1) / KB, 1), in.head_dim, KB});
-      for (Index j = 0; j < nk; ++j) {
-        const T* src = in.k[h].row(j);
-        T* dst = kv.panels.mat(j / KB).data() + j % KB;
-        for (Index c = 0; c < in.head_dim; ++c) dst[c * KB] = src[c];
-      }
+      kv.panels = key_panels(in.k[h]);
     } else {
       kv.k = readable_padded(in.k[h], d_pad, kv.k_copy);
     }
@@ -456,10 +537,11 @@ void attention(const AttentionInput<T>& in) {
       }
     });
   } else if (tiled) {
-    const Index n_blocks = (n_q + kQueryBlock - 1) / kQueryBlock;
+    const Index qb = in.window > 0 ? kWindowQueryBlock : kQueryBlock;
+    const Index n_blocks = (n_q + qb - 1) / qb;
     parallel_for_dynamic(0, in.n_heads * n_blocks, [&](Index task) {
-      const Index qh = task / n_blocks, q0 = (task % n_blocks) * kQueryBlock;
-      const Index n = std::min(kQueryBlock, n_q - q0);
+      const Index qh = task / n_blocks, q0 = (task % n_blocks) * qb;
+      const Index n = std::min(qb, n_q - q0);
       Index qi[kQueryBlock], heads[kQueryBlock];
       for (Index r = 0; r < n; ++r) qi[r] = q0 + r, heads[r] = qh;
       flash_task(plan, qh / plan.group, kvs[std::size_t(qh / plan.group)], RowSet{qi, heads, n});
@@ -474,8 +556,8 @@ void attention(const AttentionInput<T>& in) {
   }
 }
 
-/// Number of (query, key) pairs attention() evaluates for one query head of `kv_head`: the analytic
-/// count behind FLOP reports (2 * pairs * head_dim per product).
+/// Number of (query, key) pairs attention() evaluates for one query head of `kv_head` (the mask and
+/// the sliding window applied): the analytic count behind FLOP reports (2 * pairs * head_dim per product).
 template <class T>
 double visible_pairs(const AttentionInput<T>& in, Index kv_head) {
   const Index n_q = in.q.rows(), nk = in.k[kv_head].rows();
@@ -483,7 +565,9 @@ double visible_pairs(const AttentionInput<T>& in, Index kv_head) {
     case MaskKind::causal: {
       const Index off = in.offset >= 0 ? in.offset : nk - n_q;
       double pairs = 0;
-      for (Index i = 0; i < n_q; ++i) pairs += double(std::clamp<Index>(off + i + 1, 0, nk));
+      for (Index i = 0; i < n_q; ++i)
+        pairs += double(std::clamp<Index>(off + i + 1, 0, nk) -
+                        (in.window > 0 ? std::clamp<Index>(off + i - in.window + 1, 0, nk) : 0));
       return pairs;
     }
     case MaskKind::reverse_causal: {
