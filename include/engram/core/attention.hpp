@@ -93,8 +93,11 @@ inline constexpr int kTileRows = (W<T> * sizeof(T) >= 64) ? 4 : 2;
 /// Queries per task on the tiled path: the score tile (64 x kKeyBlock) stays in L1.
 inline constexpr Index kQueryBlock = 64;
 /// Queries per task with a sliding window: a block of Bq queries spans window + Bq - 1 keys of which
-/// each row uses `window`, so small blocks waste little (16: 6% at window 256, against 25% for 64).
-inline constexpr Index kWindowQueryBlock = 16;
+/// each row uses `window`, so the block shrinks with the window to keep that waste near 1/16
+/// (window 256: 16 queries, 6%, where 64 would waste 25%); at least 16 rows keep the tiles busy.
+inline Index window_query_block(Index window) {
+  return std::clamp<Index>(window / 16 / 16 * 16, 16, kQueryBlock);
+}
 /// Below this many queries per head, transposing K costs more than it saves: use row dots.
 inline constexpr Index kTiledMinQueries = 16;
 
@@ -537,7 +540,7 @@ void attention(const AttentionInput<T>& in) {
       }
     });
   } else if (tiled) {
-    const Index qb = in.window > 0 ? kWindowQueryBlock : kQueryBlock;
+    const Index qb = in.window > 0 ? window_query_block(in.window) : kQueryBlock;
     const Index n_blocks = (n_q + qb - 1) / qb;
     parallel_for_dynamic(0, in.n_heads * n_blocks, [&](Index task) {
       const Index qh = task / n_blocks, q0 = (task % n_blocks) * qb;

@@ -19,7 +19,8 @@ ENGRAM_NAMESPACE_BEGIN
 
 /// Arguments of attention_backward(): the forward's inputs, its output and log-sum-exp, the
 /// gradient of the loss with respect to the output, and where the input gradients go. Shapes as in
-/// AttentionInput; query head h reads KV head h / (n_heads / n_kv_heads).
+/// AttentionInput; query head h reads KV head h / (n_heads / n_kv_heads). dq may alias q or dout;
+/// dk and dv must not alias k or v (they are written while other key blocks are still read).
 template <class T>
 struct AttentionBackwardInput {
   ConstView<T> q;                          ///< [Tq, H * d] (same as forward)
@@ -172,9 +173,15 @@ void backward_task(const Plan<T>& plan, const AttentionBackwardInput<T>& in, con
 }
 
 // Task t of one KV head's key blocks, ordered 0, n-1, 1, n-2, ...: under a causal (or reverse-causal)
-// mask block kb costs about (n - kb) (or kb + 1), so consecutive pairs cost the same and the
-// contiguous ranges a static schedule hands each thread are balanced.
+// mask block kb costs about (n - kb) (or kb + 1), so consecutive pairs cost the same and contiguous
+// ranges of tasks cost about the same.
 inline Index balanced_block(Index t, Index n_blocks) { return t % 2 == 0 ? t / 2 : n_blocks - 1 - t / 2; }
+
+/// Task groups per thread: each group is a fixed, contiguous range of tasks with its own dQ buffer,
+/// and groups are handed to threads dynamically, so a thread slowed by another process on the
+/// machine hands its share over while the sums stay fixed (the groups depend on the thread count
+/// only). Two per thread: finer groups cost one more [Tq, H * d] buffer each.
+inline constexpr Index kGroupsPerThread = 2;
 
 }  // namespace attention_detail
 
@@ -185,10 +192,11 @@ inline Index balanced_block(Index t, Index n_blocks) { return t % 2 == 0 ? t / 2
 /// dP = dO V^T, dS = P (dP - D), dQ += scale dS K, dK += scale dS^T Q. FLOPs: the five products
 /// over the visible pairs, 5 * 2 * visible_pairs * head_dim per query head (2.5x the forward's two).
 ///
-/// Parallel over (KV head, key block) tasks with a static schedule, so dK and dV have one writer
-/// each; every thread adds its dQ share into its own buffer, summed in thread order at the end: the
-/// result is deterministic for a given thread count. (A second pass over query blocks for dQ would
-/// recompute S and dP: 7 products instead of 5.)
+/// Parallel over (KV head, key block) tasks, so dK and dV have one writer each, in fixed groups of
+/// tasks (kGroupsPerThread per thread) that each add their dQ share into their own buffer, summed
+/// in group order at the end: the result is deterministic for a given thread count whichever thread
+/// runs a group. (A second pass over query blocks for dQ would recompute S and dP: 7 products
+/// instead of 5.)
 template <class T>
 void attention_backward(const AttentionBackwardInput<T>& in) {
   using namespace attention_detail;
@@ -246,28 +254,23 @@ void attention_backward(const AttentionBackwardInput<T>& in) {
   }
   const Index n_tasks = Index(task_head.size());
   const bool par = ::engram::ENGRAM_ARCH_NAMESPACE::detail::go_parallel(n_tasks);
-  const int n_slots = par ? num_threads() : 1;
-  std::vector<T*> dq_parts(static_cast<std::size_t>(n_slots), nullptr);
+  const Index n_groups = par ? std::min<Index>(n_tasks, Index(num_threads()) * kGroupsPerThread) : 1;
   const Index part_size = H * n_q * d_pad;
-  parallel_for(0, n_tasks, [&](Index t) {
-    const int slot = par ? thread_index() : 0;
-    check(slot < n_slots, "attention_backward", "thread ", slot, " outside a team of ", n_slots);
-    T*& part = dq_parts[std::size_t(slot)];
-    if (!part) {
-      part = thread_scratch<BackwardTag, 4, T>(part_size);
-      std::fill(part, part + part_size, T(0));
-    }
-    backward_task(plan, in, qr, kps[std::size_t(task_head[std::size_t(t)])], task_head[std::size_t(t)],
-                  task_block[std::size_t(t)], part);
+  T* parts = thread_scratch<BackwardTag, 4, T>(std::max<Index>(n_groups, 1) * part_size);  // the caller's, shared by the team
+  parallel_for_dynamic(0, n_groups, [&](Index g) {
+    T* part = parts + g * part_size;
+    std::fill(part, part + part_size, T(0));
+    for (Index t = g * n_tasks / n_groups; t < (g + 1) * n_tasks / n_groups; ++t)
+      backward_task(plan, in, qr, kps[std::size_t(task_head[std::size_t(t)])], task_head[std::size_t(t)],
+                    task_block[std::size_t(t)], part);
   });
 
-  // dQ = scale * sum of the partial buffers, in slot order.
+  // dQ = scale * sum of the group buffers, in group order.
   parallel_for(0, n_q, [&](Index i) {
     for (Index h = 0; h < H; ++h) {
       T* dst = in.dq.row(i) + h * d;
       std::fill_n(dst, d, T(0));
-      for (T* part : dq_parts)
-        if (part) simd::add(dst, part + (h * n_q + i) * d_pad, dst, d);
+      for (Index g = 0; g < n_groups; ++g) simd::add(dst, parts + g * part_size + (h * n_q + i) * d_pad, dst, d);
       simd::scale(plan.scale, dst, d);
     }
   });
