@@ -22,6 +22,7 @@
 #include <malloc.h>
 #endif
 
+#include "engram/io/svg.hpp"
 #include "engram/nn/init.hpp"
 #include "engram/rmt/flops_report.hpp"
 #include "engram/rmt/init.hpp"
@@ -149,82 +150,13 @@ Run measure_rmt(const rmt::RecurrentWrapper<float>& model, Index n) {
   return r;
 }
 
-// ---------------------------------------------------------------------------- SVG
+// ---------------------------------------------------------------------------- SVG (io/svg.hpp)
 
-struct Series {
-  std::string name, color;
-  bool dashed = false;
-  std::vector<std::pair<double, double>> points;  // (x, y), positive
-};
-
-std::string num(double x) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%.1f", x);
-  return b;
-}
-std::string tick_label(double v) {
-  const int e = int(std::lround(std::log10(v)));
-  if (e >= 0 && e <= 3) return std::to_string(int(std::lround(v)));
-  return "1e" + std::to_string(e);
-}
-
-/// One log-log panel at (x0, y0) of size w x h: decade grid, axes labels, polylines, legend.
+using svg::Series;
+// Every chart of this report is log-log.
 void svg_panel(std::ostream& o, double x0, double y0, double w, double h, const std::string& title, const std::string& xlabel,
                const std::string& ylabel, const std::vector<Series>& series) {
-  double xmin = 1e300, xmax = 0, ymin = 1e300, ymax = 0;
-  for (const auto& s : series)
-    for (auto [x, y] : s.points)
-      if (x > 0 && y > 0) xmin = std::min(xmin, x), xmax = std::max(xmax, x), ymin = std::min(ymin, y), ymax = std::max(ymax, y);
-  if (xmax <= 0) return;
-  const double lx0 = std::floor(std::log10(xmin)), lx1 = std::ceil(std::log10(xmax));
-  const double ly0 = std::floor(std::log10(ymin)), ly1 = std::max(std::ceil(std::log10(ymax)), ly0 + 1);
-  const double pl = 70, pr = 10, pt = 30, pb = 45;  // margins for labels
-  const double pw = w - pl - pr, ph = h - pt - pb;
-  auto X = [&](double x) { return x0 + pl + (std::log10(x) - lx0) / std::max(lx1 - lx0, 1.0) * pw; };
-  auto Y = [&](double y) { return y0 + pt + ph - (std::log10(y) - ly0) / (ly1 - ly0) * ph; };
-  o << "<text x='" << num(x0 + w / 2) << "' y='" << num(y0 + 18) << "' text-anchor='middle' font-size='14' font-weight='bold'>" << title
-    << "</text>\n";
-  o << "<rect x='" << num(x0 + pl) << "' y='" << num(y0 + pt) << "' width='" << num(pw) << "' height='" << num(ph)
-    << "' fill='none' stroke='#444'/>\n";
-  for (double e = lx0; e <= lx1; ++e) {
-    const double x = X(std::pow(10.0, e));
-    o << "<line x1='" << num(x) << "' y1='" << num(y0 + pt) << "' x2='" << num(x) << "' y2='" << num(y0 + pt + ph)
-      << "' stroke='#ddd'/>\n<text x='" << num(x) << "' y='" << num(y0 + pt + ph + 15) << "' text-anchor='middle' font-size='11'>"
-      << tick_label(std::pow(10.0, e)) << "</text>\n";
-  }
-  for (double e = ly0; e <= ly1; ++e) {
-    const double y = Y(std::pow(10.0, e));
-    o << "<line x1='" << num(x0 + pl) << "' y1='" << num(y) << "' x2='" << num(x0 + pl + pw) << "' y2='" << num(y)
-      << "' stroke='#ddd'/>\n<text x='" << num(x0 + pl - 5) << "' y='" << num(y + 4) << "' text-anchor='end' font-size='11'>"
-      << tick_label(std::pow(10.0, e)) << "</text>\n";
-  }
-  o << "<text x='" << num(x0 + pl + pw / 2) << "' y='" << num(y0 + h - 8) << "' text-anchor='middle' font-size='12'>" << xlabel << "</text>\n";
-  o << "<text transform='translate(" << num(x0 + 16) << "," << num(y0 + pt + ph / 2) << ") rotate(-90)' text-anchor='middle' font-size='12'>"
-    << ylabel << "</text>\n";
-  double ly = y0 + pt + 14;
-  for (const auto& s : series) {
-    if (s.points.empty()) continue;
-    o << "<polyline fill='none' stroke='" << s.color << "' stroke-width='2'" << (s.dashed ? " stroke-dasharray='6,4'" : "") << " points='";
-    for (auto [x, y] : s.points)
-      if (x > 0 && y > 0) o << num(X(x)) << ',' << num(Y(y)) << ' ';
-    o << "'/>\n";
-    for (auto [x, y] : s.points)
-      if (x > 0 && y > 0) o << "<circle cx='" << num(X(x)) << "' cy='" << num(Y(y)) << "' r='2.5' fill='" << s.color << "'/>\n";
-    o << "<line x1='" << num(x0 + pl + 10) << "' y1='" << num(ly - 4) << "' x2='" << num(x0 + pl + 34) << "' y2='" << num(ly - 4)
-      << "' stroke='" << s.color << "' stroke-width='2'" << (s.dashed ? " stroke-dasharray='6,4'" : "") << "/>\n<text x='"
-      << num(x0 + pl + 40) << "' y='" << num(ly) << "' font-size='11'>" << s.name << "</text>\n";
-    ly += 15;
-  }
-}
-
-void write_svg(const std::string& path, double width, double height, const std::function<void(std::ostream&)>& body) {
-  std::ofstream o(path);
-  check(bool(o), path, "cannot write");
-  o << "<svg xmlns='http://www.w3.org/2000/svg' width='" << num(width) << "' height='" << num(height)
-    << "' font-family='sans-serif'>\n<rect width='100%' height='100%' fill='white'/>\n";
-  body(o);
-  o << "</svg>\n";
-  check(bool(o), path, "write failed");
+  svg::panel(o, x0, y0, w, h, title, {xlabel, true}, {ylabel, true}, series);
 }
 
 // ---------------------------------------------------------------------------- report
@@ -248,7 +180,7 @@ void write_measured(const std::string& prefix, const std::vector<Row>& rows) {
     return s;
   };
   const std::string full = "#d62728", rmt = "#1f77b4";
-  write_svg(prefix + ".svg", 1500, 460, [&](std::ostream& o) {
+  svg::write(prefix + ".svg", 1500, 460, [&](std::ostream& o) {
     svg_panel(o, 0, 0, 500, 460, "wall time (1 thread)", "tokens", "seconds",
               {series("full attention + KV cache", full, false, false, &Run::seconds, 1),
                series("RMT (s 512, m 16)", rmt, false, true, &Run::seconds, 1)});
@@ -295,7 +227,7 @@ void write_opt(const std::string& prefix) {
     }
     std::printf("\n");
   }
-  write_svg(prefix + "_opt.svg", 640, 520, [&](std::ostream& o) {
+  svg::write(prefix + "_opt.svg", 640, 520, [&](std::ostream& o) {
     svg_panel(o, 0, 0, 640, 520, "forward FLOPs relative to one 512-token pass (OPT, rmt.md 8.4)", "input tokens",
               "FLOPs / F(512)", series);
   });

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "engram/core/finite.hpp"
 #include "engram/nn/block.hpp"
 #include "engram/nn/config.hpp"
 #include "engram/nn/embedding.hpp"
@@ -178,6 +179,7 @@ class Decoder {
     check(n > 0, "Decoder", "a step needs at least one token");
     check_shape(x, -1, config.d_model, "Decoder", "embeddings");
     check(s.model_ == this, "Decoder", "state belongs to another model");
+    check_finite<T>(x, "Decoder", "the input embeddings", s.position_);  // NaN policy: inputs are checked (one pass)
     s.positions_.resize(std::size_t(n));
     for (Index i = 0; i < n; ++i) s.positions_[std::size_t(i)] = s.position_ + i;
     if (config.positions == PositionKind::learned) {
@@ -200,7 +202,17 @@ class Decoder {
     ctx.custom_mask = mask.custom;
     ctx.policy = s.policy_;
     ctx.policy_state = s.policy_state_.get();
-    for (std::size_t l = 0; l < blocks.size(); ++l) blocks[l].forward(x, s.layers_[l], ctx);
+    for (std::size_t l = 0; l < blocks.size(); ++l) {
+      try {
+        blocks[l].forward(x, s.layers_[l], ctx);
+      } catch (const Error& e) {  // a layer's own error, told which block it came from
+        fail("Decoder", "block ", l, ": ", e.what());
+      }
+      // NaN policy: a non-finite hidden state is an Error naming the block and the position. One
+      // FMA pass over [T, d] per block (under 1% of a block's time, bench_decoder), so the first
+      // block that went non-finite is named without re-running anything.
+      if (!all_finite<T>(x)) check_finite<T>(x, "Decoder", "the output of block " + std::to_string(l), s.position_);
+    }
     if (config.final_norm) final_norm.forward(x, x);
     s.position_ += n;
     if (s.policy_) {
@@ -236,13 +248,88 @@ class Decoder {
       forward_embeddings(x, s);
       if (options.all_logits) logits(x, out.view().middle_rows(i, n), &s.flops);
       else if (i + n == total) logits(x.middle_rows(n - 1, 1), out.view(), &s.flops);
+      // NaN policy: the logits of every chunk are checked once (finite hidden states can still
+      // overflow in the head).
+      if (options.all_logits) check_finite<T>(out.view().middle_rows(i, n), "Decoder::prefill", "the logits", s.position_ - n);
+      else if (i + n == total) check_finite<T>(out.view(), "Decoder::prefill", "the logits", s.position_ - 1);
       i += n;
     }
     return out;
   }
 
+  /// The LM head's weight [vocab, d] (the embedding when tied).
+  const Tensor<T>& head_weight() const { return lm_head.weight.empty() ? embed.weight : lm_head.weight; }
+
+  /// The rotation table of positions 0 .. n - 1 (a training context's `rope`); empty without RoPE.
+  RopeTable<T> rope_table(Index n) const {
+    if (config.positions != PositionKind::rope) return {};
+    std::vector<std::int64_t> positions(static_cast<std::size_t>(n));
+    for (Index i = 0; i < n; ++i) positions[std::size_t(i)] = i;
+    return make_rope_table<T>(inv_freq, positions);
+  }
+
+  /// Training forward from word embeddings: x [n_seqs * seq_len, d] (ctx's layout) holds the
+  /// embeddings on entry and the final hidden states on exit, as forward_embeddings() would give
+  /// on each sequence from a fresh state (positions 0 .. seq_len - 1). Saves what backward() needs
+  /// on ctx.tape; blocks with ctx.checkpoint(l) keep only their input.
+  void forward_train(View<T> x, TrainContext<T>& ctx) const {
+    const char* where = "Decoder::forward_train";
+    check(ctx.tape && ctx.workspace, where, "the training context needs a tape and a workspace");
+    check(ctx.n_seqs > 0 && ctx.seq_len > 0, where, "expected at least one sequence of at least one token, got ", ctx.n_seqs,
+          " x ", ctx.seq_len);
+    check_shape(x, ctx.n_seqs * ctx.seq_len, config.d_model, where, "embeddings");
+    if (config.positions == PositionKind::learned) {
+      check(ctx.seq_len <= config.max_positions, where, "sequences of ", ctx.seq_len, " tokens exceed max_position_embeddings = ",
+            config.max_positions);
+      for (Index r = 0; r < x.rows(); ++r) simd::add(x.row(r), position_table.row(r % ctx.seq_len), x.row(r), config.d_model);
+    }
+    if (!type_table.empty())
+      for (Index r = 0; r < x.rows(); ++r) simd::add(x.row(r), type_table.row(0), x.row(r), config.d_model);
+    if (config.embedding_norm) {
+      copy<T>(x, ctx.tape->push(x.rows(), x.cols()));
+      embedding_norm.forward(x, x);
+    }
+    TrainContext<T> c = with_mask(ctx);
+    for (std::size_t l = 0; l < blocks.size(); ++l) blocks[l].forward_train(x, c, c.checkpoint && c.checkpoint(Index(l)));
+    if (config.final_norm) {
+      copy<T>(x, ctx.tape->push(x.rows(), x.cols()));
+      final_norm.forward(x, x);
+    }
+  }
+
+  /// Backward of forward_train: dx holds dL/d(final hidden states) on entry and dL/d(word
+  /// embeddings) on exit; every trained parameter's gradient is accumulated into ctx.grads
+  /// (except the word embeddings and the LM head: see Embedding::backward and train/loss.hpp).
+  void backward(View<T> dx, TrainContext<T>& ctx) const {
+    const Index n = dx.rows(), d = config.d_model;
+    check_shape(dx, ctx.n_seqs * ctx.seq_len, d, "Decoder::backward", "hidden-state gradient");
+    View<T> dy = ctx.workspace->get(0, n, d);
+    if (config.final_norm) {
+      copy<T>(dx, dy);
+      final_norm.backward(ctx.tape->pop(n, d), dy, dx, ctx.grads);
+    }
+    TrainContext<T> c = with_mask(ctx);
+    for (std::size_t l = blocks.size(); l-- > 0;) blocks[l].backward(dx, c, c.checkpoint && c.checkpoint(Index(l)));
+    if (config.embedding_norm) {
+      copy<T>(dx, dy);
+      embedding_norm.backward(ctx.tape->pop(n, d), dy, dx, ctx.grads);
+    }
+    if (Tensor<T>* g = type_table.empty() ? nullptr : ctx.grad(type_table))
+      for (Index r = 0; r < n; ++r) simd::add(g->row(0), dx.row(r), g->row(0), d);
+    if (Tensor<T>* g = config.positions == PositionKind::learned ? ctx.grad(position_table) : nullptr)
+      for (Index r = 0; r < n; ++r) simd::add(g->row(r % ctx.seq_len), dx.row(r), g->row(r % ctx.seq_len), d);
+  }
+
   /// One token; returns its logits [1, V].
   Tensor<T> decode(std::int32_t token, State& s) const { return prefill(std::span<const std::int32_t>(&token, 1), s); }
+
+ private:
+  // A bidirectional model's default mask is "none" (as in forward_embeddings).
+  TrainContext<T> with_mask(const TrainContext<T>& ctx) const {
+    TrainContext<T> c = ctx;
+    if (c.mask == MaskKind::causal && !config.causal) c.mask = MaskKind::none;
+    return c;
+  }
 };
 
 /// A bidirectional encoder (BERT-style) is the same stack with config.causal = false.

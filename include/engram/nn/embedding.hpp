@@ -1,9 +1,11 @@
-// Embedding: token ids to rows of a [vocab, d_model] table.
+// Embedding: token ids to rows of a [vocab, d_model] table, and the scatter-add of its backward.
 #pragma once
 
 #include <span>
 
+#include "engram/core/simd.hpp"
 #include "engram/core/tensor.hpp"
+#include "engram/nn/gradients.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
 
@@ -20,6 +22,18 @@ struct Embedding {
     for (std::size_t i = 0; i < ids.size(); ++i) {
       check(ids[i] >= 0 && ids[i] < vocab(), "Embedding", "token id ", ids[i], " at index ", i, " outside the vocabulary [0, ", vocab(), ")");
       std::copy_n(weight.row(ids[i]), dim(), out.row(Index(i)));
+    }
+  }
+
+  /// Backward of lookup(ids): adds row i of dout [n, d_model] to the gradient row of ids[i] (a
+  /// no-op when `grads` does not train the table).
+  void backward(std::span<const std::int32_t> ids, ConstView<T> dout, Gradients<T>* grads) const {
+    check_shape(dout, Index(ids.size()), dim(), "Embedding::backward", "output gradient");
+    Tensor<T>* g = grads ? grads->find(weight) : nullptr;
+    if (!g) return;
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      check(ids[i] >= 0 && ids[i] < vocab(), "Embedding::backward", "token id ", ids[i], " at index ", i, " outside the vocabulary [0, ", vocab(), ")");
+      simd::add(g->row(ids[i]), dout.row(Index(i)), g->row(ids[i]), dim());
     }
   }
 };

@@ -13,6 +13,8 @@
 #include "engram/core/flops.hpp"
 #include "engram/core/ops.hpp"
 #include "engram/nn/cache_policy.hpp"
+#include "engram/nn/gradients.hpp"
+#include "engram/nn/tape.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
 
@@ -27,12 +29,14 @@ class LayerState {
   virtual LayerCache<T>* kv_cache() { return nullptr; }
 };
 
-/// Reusable scratch matrices owned by a sequence state, so steps do not allocate once warm.
-/// Slot ownership: 0-1 block/decoder, 2-5 the layer running, 6-7 its helpers.
+/// Reusable scratch matrices owned by a sequence state (or a training step), so steps do not
+/// allocate once warm. Slot ownership, inference: 0-1 block, 2-5 the layer running, 6-7 its
+/// helpers (7: the decoder's embeddings). Training: 0-2 block, 3-9 the layer running, 10-11 its
+/// helpers (the decoder's step buffers live outside the workspace).
 template <class T>
 class Workspace {
  public:
-  static constexpr int kSlots = 8;
+  static constexpr int kSlots = 12;
   /// A [rows, cols] view of slot `slot` (contents unspecified).
   View<T> get(int slot, Index rows, Index cols) {
     Tensor<T>& t = slots_.at(std::size_t(slot));
@@ -66,6 +70,34 @@ struct StepContext {
   Index attention_layers_run = 0;  ///< counter the blocks advance
 };
 
+/// What a layer needs to know about a training step: where saved activations and gradients go, and
+/// the batch layout. x has n_seqs * seq_len rows; sequence b is rows [b * seq_len, (b + 1) * seq_len),
+/// each read from a fresh state (positions 0 .. seq_len - 1).
+template <class T>
+struct TrainContext {
+  Tape<T>* tape = nullptr;            ///< activations saved by forward_train, popped by backward
+  Gradients<T>* grads = nullptr;      ///< parameter gradients (+=); null or a frozen parameter: not computed
+  Workspace<T>* workspace = nullptr;  ///< scratch (slots as Workspace documents)
+  FlopCounter* flops = nullptr;
+  Index n_seqs = 1;
+  Index seq_len = 0;
+  const RopeTable<T>* rope = nullptr;  ///< rotation table of positions 0 .. seq_len - 1 (RoPE decoders)
+  MaskKind mask = MaskKind::causal;    ///< attention mask of every sequence
+  ConstView<std::uint8_t> custom_mask; ///< [seq_len, seq_len] for MaskKind::custom (the same for every sequence)
+  Index window = 0;                    ///< sliding-window attention (causal), 0: unlimited
+  /// Gradient checkpointing: block l of a decoder keeps only its input and is recomputed during
+  /// backward when checkpoint(l) is true (null: no block is).
+  std::function<bool(Index block)> checkpoint;
+
+  /// The gradient of `param`, or null when it is not trained.
+  Tensor<T>* grad(const Tensor<T>& param) const { return grads ? grads->find(param) : nullptr; }
+  /// Rows of sequence b in a [n_seqs * seq_len, *] matrix.
+  template <class M>
+  M sequence(M m, Index b) const {
+    return m.middle_rows(b * seq_len, seq_len);
+  }
+};
+
 /// A computation over the next T tokens of a sequence: y [T, d] = f(x [T, d]), possibly with state
 /// carried between calls (so a sequence can be fed in any chunks). Weights are immutable.
 template <class T>
@@ -79,6 +111,20 @@ class SequenceLayer {
   virtual void forward(ConstView<T> x, View<T> y, LayerState<T>* state, StepContext<T>& ctx) const = 0;
   /// Calls f(name, tensor) for every parameter of the layer.
   virtual void visit_parameters(const std::function<void(const std::string&, Tensor<T>&)>& f) = 0;
+
+  /// Training forward: y = f(x) over ctx.n_seqs sequences of ctx.seq_len rows, each from a fresh
+  /// state (no KV cache, no policy); saves on ctx.tape what backward() needs. Equals forward() on
+  /// each sequence from a fresh state.
+  virtual void forward_train(ConstView<T> x, View<T> y, TrainContext<T>& ctx) const {
+    (void)x, (void)y, (void)ctx;
+    fail("SequenceLayer", "layer \"", kind(), "\" has no backward pass: it cannot be trained");
+  }
+  /// Backward of the last forward_train: dx = dL/dx (overwritten) from dy = dL/dy; parameter
+  /// gradients are added into ctx.grads; pops what forward_train pushed (reverse order).
+  virtual void backward(ConstView<T> dy, View<T> dx, TrainContext<T>& ctx) const {
+    (void)dy, (void)dx, (void)ctx;
+    fail("SequenceLayer", "layer \"", kind(), "\" has no backward pass: it cannot be trained");
+  }
 };
 
 /// Visits a Linear's weight and bias under `prefix`.

@@ -1,9 +1,10 @@
-// Linear: y = x W^T + b with a PyTorch-layout weight [out, in].
+// Linear: y = x W^T + b with a PyTorch-layout weight [out, in], and its backward.
 #pragma once
 
 #include "engram/core/flops.hpp"
 #include "engram/core/gemm.hpp"
 #include "engram/core/simd.hpp"
+#include "engram/nn/gradients.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
 
@@ -26,6 +27,25 @@ struct Linear {
     if (has_bias())
       for (Index r = 0; r < y.rows(); ++r) simd::add(y.row(r), bias.data(), y.row(r), out());
     if (flops) flops->add(category, flops::gemm(x.rows(), out(), in()));
+  }
+
+  /// Backward of forward(x): dx [T, in] = dy W (dx += with `accumulate`; an empty dx skips it) and,
+  /// for the parameters `grads` trains, dW += dy^T x and db += the column sums of dy.
+  void backward(ConstView<T> x, ConstView<T> dy, View<T> dx, Gradients<T>* grads, bool accumulate = false,
+                FlopCounter* flops = nullptr, FlopCategory category = FlopCategory::projections) const {
+    check_shape(x, -1, in(), "Linear::backward", "input");
+    check_shape(dy, x.rows(), out(), "Linear::backward", "output gradient");
+    if (!dx.empty()) {
+      check_shape(dx, x.rows(), in(), "Linear::backward", "input gradient");
+      gemm<T>(dy, Trans::no, weight.view(), Trans::no, dx, T(1), accumulate ? T(1) : T(0));
+      if (flops) flops->add(category, flops::gemm(x.rows(), in(), out()));
+    }
+    if (Tensor<T>* gw = grads ? grads->find(weight) : nullptr) {
+      gemm<T>(dy, Trans::yes, x, Trans::no, gw->view(), T(1), T(1));
+      if (flops) flops->add(category, flops::gemm(out(), in(), x.rows()));
+    }
+    if (Tensor<T>* gb = has_bias() && grads ? grads->find(bias) : nullptr)
+      for (Index r = 0; r < dy.rows(); ++r) simd::add(gb->data(), dy.row(r), gb->data(), out());
   }
 };
 

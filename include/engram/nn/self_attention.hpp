@@ -1,9 +1,11 @@
 // Self-attention branch: fused QKV projection, RoPE, KV cache append, fused attention (with the
-// cache policy's probability sink), output projection.
+// cache policy's probability sink), output projection; and its training forward and backward.
 #pragma once
 
 #include <vector>
 
+#include "engram/core/attention_backward.hpp"
+#include "engram/core/ops_backward.hpp"
 #include "engram/nn/config.hpp"
 #include "engram/nn/layer.hpp"
 #include "engram/nn/linear.hpp"
@@ -88,6 +90,115 @@ class SelfAttention final : public SequenceLayer<T> {
     }
     out.forward(attn, y, ctx.flops);
     if (ctx.policy) ctx.policy->after_layer(ctx.attention_layer, cache, ctx.policy_state, step);
+  }
+
+  // Saved: the input x [n, d_model], the projections after RoPE [n, qkv], the attention output
+  // [n, H * d] and its log-sum-exp [n, H] (the fused backward recomputes the probabilities from it).
+  void forward_train(ConstView<T> x, View<T> y, TrainContext<T>& ctx) const override {
+    const Index n = x.rows(), qd = n_heads * head_dim;
+    check(n == ctx.n_seqs * ctx.seq_len, "SelfAttention::forward_train", "expected ", ctx.n_seqs, " sequences of ", ctx.seq_len,
+          " rows, got ", n, " rows");
+    View<T> xs = ctx.tape->push(n, x.cols());
+    copy<T>(x, xs);
+    View<T> proj = ctx.tape->push(n, qkv.out());
+    qkv.forward(x, proj, ctx.flops);
+    if (positions == PositionKind::rope) {
+      check(ctx.rope != nullptr && ctx.rope->size() >= ctx.seq_len, "SelfAttention::forward_train",
+            "RoPE layer needs a rotation table of ", ctx.seq_len, " positions");
+      for (Index b = 0; b < ctx.n_seqs; ++b) {
+        View<T> rows = ctx.sequence(proj, b);
+        apply_rope<T>(rows.middle_cols(0, qd), n_heads, head_dim, *ctx.rope, pairing, 0);
+        apply_rope<T>(rows.middle_cols(qd, n_kv_heads * head_dim), n_kv_heads, head_dim, *ctx.rope, pairing, 0);
+      }
+    }
+    View<T> attn = ctx.tape->push(n, qd);
+    View<T> lse = ctx.tape->push(n, n_heads);
+    std::vector<ConstView<T>> keys(static_cast<std::size_t>(n_kv_heads)), values(static_cast<std::size_t>(n_kv_heads));
+    for (Index b = 0; b < ctx.n_seqs; ++b) {
+      const ConstView<T> rows = ctx.sequence(ConstView<T>(proj), b);
+      head_views(rows, keys, values);
+      AttentionInput<T> in;
+      in.q = rows.middle_cols(0, qd);
+      in.k = keys;
+      in.v = values;
+      in.out = ctx.sequence(attn, b);
+      in.lse = ctx.sequence(lse, b);
+      in.n_heads = n_heads;
+      in.head_dim = head_dim;
+      in.mask = ctx.mask;
+      in.custom_mask = ctx.custom_mask;
+      in.window = ctx.window;
+      attention<T>(in);
+      if (ctx.flops) count_attention_flops(in, *ctx.flops, 1.0);
+    }
+    out.forward(attn, y, ctx.flops);
+  }
+
+  void backward(ConstView<T> dy, View<T> dx, TrainContext<T>& ctx) const override {
+    const Index n = dy.rows(), qd = n_heads * head_dim, kd = n_kv_heads * head_dim;
+    const ConstView<T> lse = ctx.tape->pop(n, n_heads);
+    const ConstView<T> attn = ctx.tape->pop(n, qd);
+    const ConstView<T> proj = ctx.tape->pop(n, qkv.out());
+    const ConstView<T> xs = ctx.tape->pop(n, dx.cols());
+    View<T> d_attn = ctx.workspace->get(3, n, qd);
+    out.backward(attn, dy, d_attn, ctx.grads, false, ctx.flops);
+    View<T> d_proj = ctx.workspace->get(4, n, qkv.out());
+    std::vector<ConstView<T>> keys(static_cast<std::size_t>(n_kv_heads)), values(static_cast<std::size_t>(n_kv_heads));
+    std::vector<View<T>> dkeys(static_cast<std::size_t>(n_kv_heads)), dvalues(static_cast<std::size_t>(n_kv_heads));
+    for (Index b = 0; b < ctx.n_seqs; ++b) {
+      const ConstView<T> rows = ctx.sequence(proj, b);
+      head_views(rows, keys, values);
+      View<T> drows = ctx.sequence(d_proj, b);
+      for (Index h = 0; h < n_kv_heads; ++h) {
+        dkeys[std::size_t(h)] = drows.middle_cols(qd + h * head_dim, head_dim);
+        dvalues[std::size_t(h)] = drows.middle_cols(qd + kd + h * head_dim, head_dim);
+      }
+      AttentionBackwardInput<T> in;
+      in.q = rows.middle_cols(0, qd);
+      in.k = keys;
+      in.v = values;
+      in.out = ctx.sequence(attn, b);
+      in.lse = ctx.sequence(lse, b);
+      in.dout = ctx.sequence(ConstView<T>(d_attn), b);
+      in.dq = drows.middle_cols(0, qd);
+      in.dk = dkeys;
+      in.dv = dvalues;
+      in.n_heads = n_heads;
+      in.head_dim = head_dim;
+      in.mask = ctx.mask;
+      in.custom_mask = ctx.custom_mask;
+      in.window = ctx.window;
+      attention_backward<T>(in);
+      if (ctx.flops) {
+        AttentionInput<T> shape;
+        shape.q = in.q, shape.k = keys, shape.v = values, shape.n_heads = n_heads, shape.head_dim = head_dim;
+        shape.mask = ctx.mask, shape.custom_mask = ctx.custom_mask, shape.window = ctx.window;
+        count_attention_flops(shape, *ctx.flops, 2.0);  // the backward's dV, dP, dQ, dK (+ the recomputed S)
+      }
+      if (positions == PositionKind::rope) {
+        apply_rope_backward<T>(drows.middle_cols(0, qd), n_heads, head_dim, *ctx.rope, pairing, 0);
+        apply_rope_backward<T>(drows.middle_cols(qd, kd), n_kv_heads, head_dim, *ctx.rope, pairing, 0);
+      }
+    }
+    qkv.backward(xs, d_proj, dx, ctx.grads, false, ctx.flops);
+  }
+
+ private:
+  // Views of each KV head's keys and values in rows of the fused projection [n, qkv].
+  void head_views(ConstView<T> rows, std::vector<ConstView<T>>& keys, std::vector<ConstView<T>>& values) const {
+    const Index qd = n_heads * head_dim, kd = n_kv_heads * head_dim;
+    for (Index h = 0; h < n_kv_heads; ++h) {
+      keys[std::size_t(h)] = rows.middle_cols(qd + h * head_dim, head_dim);
+      values[std::size_t(h)] = rows.middle_cols(qd + kd + h * head_dim, head_dim);
+    }
+  }
+  // `factor` x the forward's two products over the visible pairs.
+  void count_attention_flops(const AttentionInput<T>& in, FlopCounter& flops, double factor) const {
+    double pairs = 0;
+    for (Index h = 0; h < n_kv_heads; ++h) pairs += visible_pairs(in, h);
+    const double per_product = flops::attention_product(pairs * double(n_heads / n_kv_heads), head_dim);
+    flops.add(FlopCategory::attention_scores, factor * per_product);
+    flops.add(FlopCategory::attention_values, factor * per_product);
   }
 };
 

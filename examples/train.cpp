@@ -1,0 +1,149 @@
+// engram-train: trains a byte-level language model (Llama- or GPT-2-style) on a text corpus (by
+// default the King James Bible of Debian's bible-kjv) or on a long-context memory task, with AdamW,
+// warm-up and cosine decay; progress on one line, CSV + SVG curves, checkpoints and --resume. The
+// result is a Hugging Face model directory that engram-generate and engram-eval read.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "cli.hpp"
+#include "engram/nn/init.hpp"
+#include "engram/tasks/corpus.hpp"
+#include "engram/train/trainer.hpp"
+
+using namespace engram;
+
+namespace {
+
+std::string duration(double s) {
+  char b[32];
+  if (!std::isfinite(s) || s < 0) return "?";
+  if (s < 60) std::snprintf(b, sizeof b, "%.0fs", s);
+  else if (s < 3600) std::snprintf(b, sizeof b, "%dm%02ds", int(s) / 60, int(s) % 60);
+  else std::snprintf(b, sizeof b, "%dh%02dm", int(s) / 3600, int(s) % 3600 / 60);
+  return b;
+}
+
+struct ModelOptions {
+  std::string arch = "llama";
+  Index d_model = 256, layers = 4, heads = 4, kv_heads = 0, d_ff = 0, context = 256;
+  double init_std = 0.02;
+};
+
+ModelConfig model_config(const ModelOptions& o) {
+  constexpr Index vocab = tasks::ByteTokenizer::vocab_size;
+  if (o.d_model % o.heads != 0) cli::usage_error("--heads", std::to_string(o.heads) + " heads do not divide --d-model " + std::to_string(o.d_model));
+  ModelConfig c;
+  if (o.arch == "gpt2") {
+    c = ModelConfig::gpt2(vocab, o.d_model, o.layers, o.heads, o.context);
+    if (o.d_ff > 0) c.d_ff = o.d_ff;
+  } else {
+    const Index kv = o.kv_heads > 0 ? o.kv_heads : o.heads;
+    if (o.heads % kv != 0) cli::usage_error("--kv-heads", std::to_string(kv) + " KV heads do not divide " + std::to_string(o.heads) + " heads");
+    // SwiGLU at 8/3 d (rounded to 32) has the parameters of a 4d plain MLP.
+    const Index d_ff = o.d_ff > 0 ? o.d_ff : (8 * o.d_model / 3 + 31) / 32 * 32;
+    c = ModelConfig::llama(vocab, o.d_model, o.layers, o.heads, kv, d_ff);
+    c.max_positions = std::max<Index>(o.context, 1);
+    c.tie_embeddings = true;
+  }
+  c.validate();
+  return c;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ModelOptions mo;
+  std::string out, corpus = "kjv", task = "lm", background;
+  Index task_length = 1024, steps = 2000, batch = 16, micro_batch = 0, warmup = 100, log_every = 10, eval_every = 100,
+        eval_batches = 8, checkpoint_every = 200;
+  double lr = 3e-3, min_lr = 3e-4, weight_decay = 0.1, clip = 1.0, clip_value = 0.0, held_out = 0.02, beta2 = 0.95;
+  std::string decay = "cosine";
+  bool resume = false, checkpointing = false;
+  return cli::run(
+      argc, argv,
+      "engram-train: trains a byte-level language model (Llama- or GPT-2-style) with AdamW on a text corpus (default: the King "
+      "James Bible of Debian's bible-kjv) or on a memory task; writes OUT/checkpoint (a Hugging Face model directory), "
+      "OUT/train.csv and OUT/train.svg; --resume continues a run bit-identically.",
+      [&](CLI::App& app) {
+        app.add_option("--out", out, "output directory (checkpoint/, train.csv, train.svg)")->required();
+        app.add_option("--corpus", corpus, "training text: a file, or 'kjv' (Debian's bible-kjv, verse references removed)");
+        app.add_option("--held-out", held_out, "fraction of the corpus, at its end, kept for the held-out loss")->check(cli::range(0.0, 0.5));
+        app.add_option("--task", task, "what to learn: lm (next byte of the corpus) or a memory task (loss on the answer)")
+            ->check(CLI::IsMember({"lm", "fact_memorization", "fact_detection", "reasoning"}));
+        app.add_option("--task-length", task_length, "tokens per task sample, question included")->check(CLI::Range(Index(64), Index(1) << 20));
+        app.add_option("--background", background, "background text of the memory tasks (default: Debian's fortunes)")->check(cli::regular_file());
+        app.add_option("--arch", mo.arch, "block layout")->check(CLI::IsMember({"llama", "gpt2"}));
+        app.add_option("--d-model", mo.d_model, "width")->check(CLI::Range(Index(8), Index(8192)));
+        app.add_option("--layers", mo.layers, "blocks")->check(CLI::Range(Index(1), Index(256)));
+        app.add_option("--heads", mo.heads, "attention heads")->check(CLI::Range(Index(1), Index(256)));
+        app.add_option("--kv-heads", mo.kv_heads, "key/value heads (llama; 0: as many as --heads)")->check(CLI::Range(Index(0), Index(256)));
+        app.add_option("--d-ff", mo.d_ff, "feed-forward width (0: 8/3 d for llama's SwiGLU, 4 d for gpt2)")->check(CLI::Range(Index(0), Index(65536)));
+        app.add_option("--context", mo.context, "training context in tokens (lm)")->check(CLI::Range(Index(2), Index(1) << 20));
+        app.add_option("--init-std", mo.init_std, "standard deviation of the initial weights")->check(cli::range(1e-6, 1.0));
+        app.add_option("--steps", steps, "optimizer steps")->check(CLI::Range(Index(1), Index(1) << 40));
+        app.add_option("--batch", batch, "sequences per optimizer step")->check(CLI::Range(Index(1), Index(1) << 20));
+        app.add_option("--micro-batch", micro_batch, "sequences per forward/backward, gradients accumulated (0: the whole batch)")
+            ->check(CLI::Range(Index(0), Index(1) << 20));
+        app.add_option("--lr", lr, "peak learning rate")->check(cli::range(1e-8, 10.0));
+        app.add_option("--min-lr", min_lr, "final learning rate")->check(cli::range(0.0, 10.0));
+        app.add_option("--warmup", warmup, "linear warm-up steps")->check(CLI::Range(Index(0), Index(1) << 40));
+        app.add_option("--decay", decay, "learning-rate decay after the warm-up")->check(CLI::IsMember({"cosine", "linear", "constant"}));
+        app.add_option("--weight-decay", weight_decay, "AdamW decoupled weight decay (matrices only)")->check(cli::range(0.0, 10.0));
+        app.add_option("--beta2", beta2, "AdamW beta2 (beta1 is 0.9)")->check(cli::range(0.0, 0.999999));
+        app.add_option("--clip", clip, "clip the global gradient norm to this (0: off)")->check(cli::range(0.0, 1e6));
+        app.add_option("--clip-value", clip_value, "clip every gradient entry to [-v, v] (0: off)")->check(cli::range(0.0, 1e6));
+        app.add_option("--log-every", log_every, "progress line every N steps")->check(CLI::Range(Index(1), Index(1) << 40));
+        app.add_option("--eval-every", eval_every, "held-out loss every N steps (0: only at the end)")->check(CLI::Range(Index(0), Index(1) << 40));
+        app.add_option("--eval-batches", eval_batches, "held-out batches per evaluation")->check(CLI::Range(Index(1), Index(1) << 20));
+        app.add_option("--checkpoint-every", checkpoint_every, "checkpoint every N steps (and at the end)")->check(CLI::Range(Index(0), Index(1) << 40));
+        app.add_flag("--checkpointing", checkpointing, "gradient checkpointing: recompute every block in backward (less memory, ~30% more time)");
+        app.add_flag("--resume", resume, "continue from OUT/checkpoint if it exists");
+      },
+      [&] {
+        if (min_lr > lr) cli::usage_error("--min-lr", "must not exceed --lr");
+        if (micro_batch > batch) cli::usage_error("--micro-batch", "must not exceed --batch");
+        if (warmup > steps) cli::usage_error("--warmup", "must not exceed --steps");
+        // Data.
+        std::unique_ptr<train::TextCorpus> text;
+        std::unique_ptr<tasks::Corpus> noise;
+        std::unique_ptr<train::BatchSource> source;
+        if (task == "lm") {
+          text = std::make_unique<train::TextCorpus>(corpus == "kjv" ? train::TextCorpus::kjv(held_out) : train::TextCorpus::from_file(corpus, held_out));
+          source = std::make_unique<train::WindowSource>(*text, mo.context, cli::seed());
+        } else {
+          noise = std::make_unique<tasks::Corpus>(background.empty() ? tasks::Corpus::fortunes() : tasks::Corpus::from_path(background));
+          tasks::TaskOptions t;
+          t.task = task == "fact_memorization" ? tasks::Task::fact_memorization : task == "fact_detection" ? tasks::Task::fact_detection : tasks::Task::reasoning;
+          t.length = task_length;
+          source = std::make_unique<train::TaskSource>(*noise, t, cli::seed());
+          mo.context = source->seq_len();
+        }
+        // Model.
+        const ModelConfig config = model_config(mo);
+        Decoder<float> model = Decoder<float>::create(config);
+        init_for_training(model, cli::seed(), mo.init_std);
+        train::TrainerOptions o;
+        o.steps = steps, o.batch = batch, o.micro_batch = micro_batch;
+        o.schedule = {.peak = lr, .min_lr = min_lr, .warmup = warmup, .total = steps, .decay = train::parse_decay(decay)};
+        o.adamw.weight_decay = weight_decay, o.adamw.clip_norm = clip, o.adamw.clip_value = clip_value, o.adamw.beta2 = beta2;
+        o.log_every = log_every, o.eval_every = eval_every, o.eval_batches = eval_batches, o.checkpoint_every = checkpoint_every;
+        o.out_dir = out, o.resume = resume, o.seed = cli::seed();
+        if (checkpointing) o.step.checkpoint = [](Index) { return true; };
+        std::printf("engram-train: %s model, %lld parameters (d %lld, %lld layers, %lld heads), %s; %lld steps of %lld x %lld tokens, %d threads\n",
+                    config.architecture.c_str(), (long long)model.n_params(), (long long)config.d_model, (long long)config.n_layers,
+                    (long long)config.n_heads, source->describe().c_str(), (long long)steps, (long long)batch, (long long)source->seq_len(),
+                    cli::threads());
+        train::Trainer<float> trainer(model, *source, o);
+        trainer.run([&](const train::Progress& p) {
+          std::printf("step %6lld/%lld  loss %.4f (%.3f bits)", (long long)p.step, (long long)p.steps, p.loss, train::Progress::bits(p.loss));
+          if (std::isfinite(p.held_out)) std::printf("  held-out %.4f (%.3f bits)", p.held_out, train::Progress::bits(p.held_out));
+          std::printf("  lr %.2e  |g| %.3f  %.0f tok/s  elapsed %s  ETA %s\n", p.lr, p.grad_norm, p.tokens_per_s, duration(p.elapsed_s).c_str(),
+                      duration(p.eta_s).c_str());
+          std::fflush(stdout);
+        });
+        std::printf("wrote %s/checkpoint (a Hugging Face model directory), %s/train.csv, %s/train.svg\n", out.c_str(), out.c_str(), out.c_str());
+        return 0;
+      });
+}

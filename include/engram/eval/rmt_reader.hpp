@@ -1,0 +1,52 @@
+// The accuracy harness's Reader over an RMT or ARMT streaming wrapper (rmt::RecurrentWrapper,
+// rmt::ArmtWrapper): reading pushes tokens segment by segment in constant memory, scoring continues
+// the incomplete segment (the wrappers' score()), forking copies the sequence state.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+
+#include "engram/eval/reader.hpp"
+
+ENGRAM_NAMESPACE_BEGIN
+namespace eval {
+
+/// A Reader over any wrapper W with make_state(), push(tokens, state), score(continuation, state,
+/// out), State::copy() and State::bytes() (RMT and ARMT, decoder layout). `model` must outlive the
+/// reader.
+template <class W>
+class MemoryReader final : public Reader {
+ public:
+  explicit MemoryReader(const W& model, std::string name = "") : model_(model), name_(std::move(name)) {}
+
+  class MemorySession final : public Session {
+   public:
+    MemorySession(const W& model, typename W::State s) : model_(model), state_(std::move(s)) {}
+    void read(std::span<const std::int32_t> tokens) override {
+      if (!tokens.empty()) model_.push(tokens, state_);
+    }
+    void score(std::span<const std::int32_t> continuation, std::span<double> out) override {
+      model_.score(continuation, state_, out);
+    }
+    std::unique_ptr<Session> fork() const override { return std::make_unique<MemorySession>(model_, state_.copy()); }
+    /// The state carried between segments (memory, buffered tokens; ARMT's associative matrices).
+    std::size_t state_bytes() const override { return state_.bytes(); }
+    const typename W::State& state() const { return state_; }
+
+   private:
+    const W& model_;
+    typename W::State state_;
+  };
+
+  std::unique_ptr<Session> start() const override { return std::make_unique<MemorySession>(model_, model_.make_state()); }
+  std::string describe() const override { return name_.empty() ? model_.describe() : name_; }
+  Index vocab_size() const override { return model_.backbone().config.vocab_size; }
+
+ private:
+  const W& model_;
+  std::string name_;
+};
+
+}  // namespace eval
+ENGRAM_NAMESPACE_END
