@@ -240,6 +240,7 @@ std::vector<Case> backward_cases() {
   cs.push_back({100, 2, 1, 16, {100}, MaskKind::causal, -1, 17});  // sliding window
   cs.push_back({40, 4, 2, 8, {75, 75}, MaskKind::causal, -1, 9});  // window with a query offset
   cs.push_back({33, 2, 1, 16, {33}, MaskKind::causal, -1, 1});     // window of one: each query sees itself
+  cs.push_back({6, 2, 1, 8, {10}, MaskKind::causal, 8, 2});        // queries past the keys: rows 3.. see nothing
   cs.push_back({40, 2, 1, 32, {40}, MaskKind::reverse_causal});
   cs.push_back({12, 2, 1, 16, {12}, MaskKind::reverse_causal, 5});  // rows 7.. see nothing
   cs.push_back({20, 2, 2, 16, {33, 33}, MaskKind::none});
