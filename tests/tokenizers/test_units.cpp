@@ -195,3 +195,54 @@ TEST_CASE("tokenizer.json errors name the field and value") {
   require_error([] { load("/nonexistent/tokenizer"); }, "does not exist");
   require_error([] { load(std::filesystem::path(ENGRAM_FIXTURES_DIR) / "tokenizers"); }, "no tokenizer.json, tokenizer.model or vocab.txt");
 }
+
+TEST_CASE("byte-level BPE: scan (short words) and heap (long words) merging agree with a naive BPE") {
+  const auto t = from_text(tiny_byte_level_json());
+  // The obvious algorithm: repeatedly merge the leftmost occurrence of the lowest-ranked pair.
+  const std::vector<std::pair<std::pair<int, int>, int>> merges = {{{'h', 'e'}, 256}, {{'l', 'l'}, 257}, {{256, 257}, 258}, {{' ', 'w'}, 259}};
+  const auto naive = [&](const std::string& word) {
+    Ids s(word.begin(), word.end());
+    while (true) {
+      std::size_t best_rank = merges.size(), best_pos = 0;
+      for (std::size_t i = 0; i + 1 < s.size(); ++i)
+        for (std::size_t r = 0; r < best_rank; ++r)
+          if (s[i] == merges[r].first.first && s[i + 1] == merges[r].first.second) best_rank = r, best_pos = i;
+      if (best_rank == merges.size()) return s;
+      s[best_pos] = merges[best_rank].second;
+      s.erase(s.begin() + std::ptrdiff_t(best_pos) + 1);
+    }
+  };
+  std::uint64_t seed = 42;
+  for (int trial = 0; trial < 300; ++trial) {
+    std::string word;
+    const int length = 1 + int((seed = seed * 6364136223846793005ull + 1442695040888963407ull) >> 58);  // 1..64 letters
+    for (int k = 0; k < length; ++k) word += "hell"[(seed = seed * 6364136223846793005ull + 1442695040888963407ull) >> 62];
+    INFO(word);
+    CHECK(t->encode(word) == naive(word));  // one pre-token: letters only
+  }
+}
+
+TEST_CASE("Metaspace pre-tokenizer and decoder (prepend_scheme first), Sequence post-processor (ids from the reference)") {
+  // Expected ids and texts computed by huggingface/tokenizers 0.22 on this fixture.
+  const auto t = HfTokenizer::from_file(kFixtures / "tiny_metaspace_pretokenizer.json");
+  struct Case {
+    std::string text;
+    Ids ids;
+    std::string decoded, decoded_skip;
+  };
+  const Case cases[] = {
+      {"hello world", {1, 17, 21}, "<s> hello world", "hello world"},
+      {"hello  world", {1, 17, 5, 21}, "<s> hello  world", "hello  world"},
+      {" hello", {1, 17}, "<s> hello", "hello"},
+      {"hello</s>world", {1, 17, 2, 10, 18, 22}, "<s> hello</s>world", "helloworld"},  // "first": no ▁ after an added token
+      {"hello</s> world", {1, 17, 2, 21}, "<s> hello</s> world", "hello world"},
+      {"\xC3\xA9 hello", {1, 5, 3, 4, 17}, "<s> <0xC3><0xA9> hello", "<0xC3><0xA9> hello"},  // no ByteFallback decoder here
+      {"ok hello", {1, 24, 17}, "<s>ok hello", "ok hello"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.text);
+    CHECK(t->encode(c.text) == c.ids);
+    CHECK(t->decode(c.ids) == c.decoded);
+    CHECK(t->decode(c.ids, true) == c.decoded_skip);
+  }
+}

@@ -15,6 +15,7 @@
 #include "engram/io/json.hpp"
 #include "engram/tokenizers/added_tokens.hpp"
 #include "engram/tokenizers/decoders.hpp"
+#include "engram/tokenizers/flat_map.hpp"
 #include "engram/tokenizers/models.hpp"
 #include "engram/tokenizers/normalizers.hpp"
 #include "engram/tokenizers/post_processors.hpp"
@@ -49,21 +50,24 @@ class WordCache {
  public:
   /// Appends the cached ids of `word` to `out`; false when the word is not cached.
   bool lookup(std::string_view word, std::vector<std::int32_t>& out) const {
-    const auto it = map_.find(word);
-    if (it == map_.end()) return false;
-    out.insert(out.end(), ids_.begin() + it->second.first, ids_.begin() + it->second.first + it->second.second);
+    const Span* s = map_.find(word);
+    if (s == nullptr) return false;
+    out.insert(out.end(), ids_.begin() + s->offset, ids_.begin() + s->offset + s->count);
     return true;
   }
   void insert(std::string_view word, std::span<const std::int32_t> ids) {
-    // Long words rarely repeat; a bounded table keeps the memo's memory proportional to the vocabulary of the text.
+    // Long words rarely repeat; a bounded table keeps the memo proportional to the text's vocabulary.
     if (word.size() > 64 || map_.size() >= kMaxEntries) return;
-    map_.emplace(std::string(word), std::pair<std::uint32_t, std::uint32_t>(std::uint32_t(ids_.size()), std::uint32_t(ids.size())));
+    map_.insert(word, Span{std::uint32_t(ids_.size()), std::uint32_t(ids.size())});
     ids_.insert(ids_.end(), ids.begin(), ids.end());
   }
 
  private:
   static constexpr std::size_t kMaxEntries = 1 << 17;
-  std::unordered_map<std::string, std::pair<std::uint32_t, std::uint32_t>, StringHash, std::equal_to<>> map_;
+  struct Span {
+    std::uint32_t offset = 0, count = 0;
+  };
+  StringTable<Span> map_{4096};
   std::vector<std::int32_t> ids_;
 };
 }  // namespace detail

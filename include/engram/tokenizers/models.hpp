@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <queue>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "engram/tokenizers/byte_level.hpp"
+#include "engram/tokenizers/flat_map.hpp"
 #include "engram/tokenizers/json_fields.hpp"
 #include "engram/tokenizers/utf8.hpp"
 
@@ -210,6 +212,9 @@ class BpeModel final : public Model {
   }
 
   void merge_all(std::vector<Symbol>& symbols) const {
+    // Short words (nearly all): scan the adjacent pairs for the lowest (rank, position) each round,
+    // no heap. Same choice as the heap below, which long words need to stay O(n log n).
+    if (symbols.size() <= 24) return merge_by_scan(symbols);
     struct Candidate {
       std::int32_t rank, pos, id;
       bool operator<(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }  // min-heap on (rank, pos)
@@ -218,8 +223,8 @@ class BpeModel final : public Model {
     const auto consider = [&](std::int32_t left) {
       const std::int32_t right = symbols[std::size_t(left)].next;
       if (right < 0) return;
-      const auto it = merges_.find(pair_key(symbols[std::size_t(left)].id, symbols[std::size_t(right)].id));
-      if (it != merges_.end()) queue.push({it->second.rank, left, it->second.id});
+      if (const Merge* m = merges_.find(pair_key(symbols[std::size_t(left)].id, symbols[std::size_t(right)].id)))
+        queue.push({m->rank, left, m->id});
     };
     for (std::int32_t i = 0; i + 1 < std::int32_t(symbols.size()); ++i) consider(i);
     while (!queue.empty()) {
@@ -228,8 +233,8 @@ class BpeModel final : public Model {
       Symbol& left = symbols[std::size_t(top.pos)];
       if (!left.alive || left.next < 0) continue;
       Symbol& right = symbols[std::size_t(left.next)];
-      const auto it = merges_.find(pair_key(left.id, right.id));
-      if (it == merges_.end() || it->second.id != top.id) continue;  // stale: a neighbour changed since
+      const Merge* m = merges_.find(pair_key(left.id, right.id));
+      if (m == nullptr || m->id != top.id) continue;  // stale: a neighbour changed since
       left.id = top.id;
       right.alive = false;
       left.next = right.next;
@@ -239,11 +244,35 @@ class BpeModel final : public Model {
     }
   }
 
+  void merge_by_scan(std::vector<Symbol>& symbols) const {
+    // Symbols stay contiguous here: a merge erases the right symbol.
+    std::int32_t ranks[24], ids[24];
+    std::size_t n = symbols.size();
+    const auto pair_at = [&](std::size_t i) {
+      const Merge* m = merges_.find(pair_key(symbols[i].id, symbols[i + 1].id));
+      ranks[i] = m ? m->rank : std::numeric_limits<std::int32_t>::max();
+      ids[i] = m ? m->id : -1;
+    };
+    for (std::size_t i = 0; i + 1 < n; ++i) pair_at(i);
+    while (n > 1) {
+      std::size_t best = 0;
+      for (std::size_t i = 1; i + 1 < n; ++i)
+        if (ranks[i] < ranks[best]) best = i;
+      if (ids[best] < 0) break;
+      symbols[best].id = ids[best];
+      for (std::size_t i = best + 1; i + 1 < n; ++i) symbols[i] = symbols[i + 1], ranks[i] = ranks[i + 1], ids[i] = ids[i + 1];
+      --n;
+      if (best > 0) pair_at(best - 1);
+      if (best + 1 < n) pair_at(best);
+    }
+    symbols.resize(n);
+  }
+
   bool byte_level_;
   detail::VocabMap vocab_;            // model-space token (bytes when byte-level) -> id
   std::vector<std::string> tokens_;   // id -> token as written in tokenizer.json
   std::vector<bool> present_;
-  std::unordered_map<std::uint64_t, Merge> merges_;
+  detail::U64Table<Merge> merges_;
   std::optional<std::string> unk_;
   std::optional<std::int32_t> unk_id_;
   std::string prefix_, suffix_;
