@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engram/tokenizers/tokenizers.hpp"
@@ -46,6 +47,22 @@ void require_error(F&& f, const std::string& needle) {
     return;
   }
   FAIL("expected an engram::Error containing \"" << needle << "\"");
+}
+
+// One text with the ids, decoding and skip-special decoding the reference gives.
+struct RefCase {
+  std::string text;
+  Ids ids;
+  std::string decoded, decoded_skip;
+};
+
+void check_cases(const Tokenizer& t, std::initializer_list<RefCase> cases) {
+  for (const RefCase& c : cases) {
+    INFO(c.text);
+    CHECK(t.encode(c.text) == c.ids);
+    CHECK(t.decode(c.ids) == c.decoded);
+    CHECK(t.decode(c.ids, true) == c.decoded_skip);
+  }
 }
 
 }  // namespace
@@ -117,12 +134,7 @@ TEST_CASE("byte-level BPE: ignore_merges takes whole words from the vocabulary")
 TEST_CASE("Metaspace-style BPE: byte fallback, fused unk, template, added tokens (ids from the reference)") {
   // Expected ids and texts computed by huggingface/tokenizers 0.22 on this fixture.
   const auto t = HfTokenizer::from_file(kFixtures / "tiny_metaspace_bpe.json");
-  struct Case {
-    std::string text;
-    Ids ids;
-    std::string decoded, decoded_skip;
-  };
-  const Case cases[] = {
+  check_cases(*t, {
       {"hello world", {1, 17, 21}, "<s> hello world", "hello world"},
       {"\xC3\xA9", {1, 5, 3, 4}, "<s> \xC3\xA9", "\xC3\xA9"},
       {"hello \xE2\x98\x83", {1, 17, 5, 0}, "<s> hello <unk>", "hello "},
@@ -133,13 +145,7 @@ TEST_CASE("Metaspace-style BPE: byte fallback, fused unk, template, added tokens
       {"", {1}, "<s>", ""},
       {"hello</s>world", {1, 17, 2, 21}, "<s> hello</s> world", "hello world"},
       {" hello", {1, 5, 17}, "<s>  hello", " hello"},
-  };
-  for (const Case& c : cases) {
-    INFO(c.text);
-    CHECK(t->encode(c.text) == c.ids);
-    CHECK(t->decode(c.ids) == c.decoded);
-    CHECK(t->decode(c.ids, true) == c.decoded_skip);
-  }
+  });
   CHECK(t->encode("hello world", false) == Ids{17, 21});
   CHECK(t->bos() == 1);
   CHECK(t->eos() == 2);
@@ -225,12 +231,7 @@ TEST_CASE("byte-level BPE: scan (short words) and heap (long words) merging agre
 TEST_CASE("Metaspace pre-tokenizer and decoder (prepend_scheme first), Sequence post-processor (ids from the reference)") {
   // Expected ids and texts computed by huggingface/tokenizers 0.22 on this fixture.
   const auto t = HfTokenizer::from_file(kFixtures / "tiny_metaspace_pretokenizer.json");
-  struct Case {
-    std::string text;
-    Ids ids;
-    std::string decoded, decoded_skip;
-  };
-  const Case cases[] = {
+  check_cases(*t, {
       {"hello world", {1, 17, 21}, "<s> hello world", "hello world"},
       {"hello  world", {1, 17, 5, 21}, "<s> hello  world", "hello  world"},
       {" hello", {1, 17}, "<s> hello", "hello"},
@@ -238,11 +239,20 @@ TEST_CASE("Metaspace pre-tokenizer and decoder (prepend_scheme first), Sequence 
       {"hello</s> world", {1, 17, 2, 21}, "<s> hello</s> world", "hello world"},
       {"\xC3\xA9 hello", {1, 5, 3, 4, 17}, "<s> <0xC3><0xA9> hello", "<0xC3><0xA9> hello"},  // no ByteFallback decoder here
       {"ok hello", {1, 24, 17}, "<s>ok hello", "ok hello"},
-  };
-  for (const Case& c : cases) {
-    INFO(c.text);
-    CHECK(t->encode(c.text) == c.ids);
-    CHECK(t->decode(c.ids) == c.decoded);
-    CHECK(t->decode(c.ids, true) == c.decoded_skip);
-  }
+  });
+}
+
+TEST_CASE("one tokenizer serves several threads at once") {
+  const auto t = HfTokenizer::from_file(kFixtures / "tiny_metaspace_bpe.json");
+  const std::string texts[2] = {"hello world hello  [X]  world ok", "\xC3\xA9 book hello</s>world \xE2\x98\x83"};
+  const Ids expected[2] = {t->encode(texts[0]), t->encode(texts[1])};
+  bool same[2] = {true, true};
+  std::thread workers[2];
+  for (int w = 0; w < 2; ++w)
+    workers[w] = std::thread([&, w] {
+      for (int i = 0; i < 300; ++i) same[w] = same[w] && t->encode(texts[w]) == expected[w] && t->decode(expected[w], true).size() > 0;
+    });
+  for (auto& w : workers) w.join();
+  CHECK(same[0]);
+  CHECK(same[1]);
 }
