@@ -3,105 +3,15 @@
 #include <map>
 #include <mutex>
 
-#include "engram/core/attention.hpp"
-#include "test_util.hpp"
+#include "core/attention_reference.hpp"
 
 using namespace engram;
+using namespace engram::test::attention_ref;
 
 namespace {
 
-struct Case {
-  Index tq, n_heads, n_kv, d;
-  std::vector<Index> tk;  // per KV head
-  MaskKind mask = MaskKind::causal;
-  Index offset = -1;
-};
-
 template <class T>
-struct Problem {
-  Tensor<T> q, out;
-  std::vector<Tensor<T>> k, v;
-  std::vector<ConstView<T>> kv_k, kv_v;
-  Tensor<std::uint8_t> mask;
-  AttentionInput<T> input() {
-    AttentionInput<T> in;
-    in.q = q.view();
-    in.k = kv_k;
-    in.v = kv_v;
-    in.out = out.view();
-    return in;
-  }
-};
-
-template <class T>
-Problem<T> make_problem(const Case& c, std::uint64_t seed) {
-  Problem<T> p;
-  p.q = test::random_tensor<T>({c.tq, c.n_heads * c.d}, seed);
-  p.out = Tensor<T>({c.tq, c.n_heads * c.d});
-  for (Index h = 0; h < c.n_kv; ++h) {
-    p.k.push_back(test::random_tensor<T>({c.tk[std::size_t(h)], c.d}, seed + 10 + std::uint64_t(h)));
-    p.v.push_back(test::random_tensor<T>({c.tk[std::size_t(h)], c.d}, seed + 20 + std::uint64_t(h)));
-    test::poison_padding(p.k.back());
-    test::poison_padding(p.v.back());
-  }
-  for (auto& t : p.k) p.kv_k.push_back(t.view());
-  for (auto& t : p.v) p.kv_v.push_back(t.view());
-  if (c.mask == MaskKind::custom) {
-    p.mask = Tensor<std::uint8_t>({c.tq, c.tk[0]});
-    std::mt19937 rng{unsigned(seed)};
-    for (Index i = 0; i < c.tq; ++i)
-      for (Index j = 0; j < c.tk[0]; ++j) p.mask(i, j) = (rng() % 3) != 0 && i != 1;  // row 1 fully masked
-  }
-  return p;
-}
-
-// Materialised reference: probabilities per query head [Hq][Tq x Tk] and the output [Tq, Hq*d].
-struct Reference {
-  std::vector<test::Mat> probs;
-  test::Mat out;
-};
-
-template <class T>
-Reference reference(const Case& c, Problem<T>& p, const AttentionInput<T>& in) {
-  Reference ref{{}, test::Mat(c.tq, c.n_heads * c.d)};
-  const double scale = 1.0 / std::sqrt(double(c.d));
-  const Index group = c.n_heads / c.n_kv;
-  for (Index h = 0; h < c.n_heads; ++h) {
-    const Index kv = h / group, tk = c.tk[std::size_t(kv)];
-    const Index off = c.offset >= 0 ? c.offset : (c.mask == MaskKind::causal ? tk - c.tq : 0);
-    test::Mat pr(c.tq, tk);
-    for (Index i = 0; i < c.tq; ++i) {
-      std::vector<double> s(static_cast<std::size_t>(tk));
-      double m = -INFINITY;
-      std::vector<bool> vis(static_cast<std::size_t>(tk));
-      for (Index j = 0; j < tk; ++j) {
-        bool visible = true;
-        if (c.mask == MaskKind::causal) visible = j <= off + i;
-        if (c.mask == MaskKind::reverse_causal) visible = j >= off + i;
-        if (c.mask == MaskKind::custom) visible = p.mask(i, j) != 0;
-        vis[std::size_t(j)] = visible;
-        double dot = 0;
-        for (Index e = 0; e < c.d; ++e) dot += double(p.q(i, h * c.d + e)) * double(p.k[std::size_t(kv)](j, e));
-        s[std::size_t(j)] = dot * scale;
-        if (visible) m = std::max(m, s[std::size_t(j)]);
-      }
-      double z = 0;
-      for (Index j = 0; j < tk; ++j) z += vis[std::size_t(j)] ? std::exp(s[std::size_t(j)] - m) : 0.0;
-      for (Index j = 0; j < tk; ++j) pr(i, j) = vis[std::size_t(j)] ? std::exp(s[std::size_t(j)] - m) / z : 0.0;
-      for (Index e = 0; e < c.d; ++e) {
-        double o = 0;
-        for (Index j = 0; j < tk; ++j) o += pr(i, j) * double(p.v[std::size_t(kv)](j, e));
-        ref.out(i, h * c.d + e) = o;
-      }
-    }
-    ref.probs.push_back(pr);
-  }
-  (void)in;
-  return ref;
-}
-
-template <class T>
-double tolerance(const Case& c) {
+double forward_tolerance(const Case& c) {
   // Score error ~ d eps |q||k| scale (random normals: |q.k| ~ sqrt(d) * 4 sigma) turns into a relative
   // error of the probabilities; the output is a convex combination of |v| <= ~5.
   return 32 * test::eps<T>() * (4.0 * std::sqrt(double(c.d)) + std::log2(double(c.tk[0]) + 2) + 8) * 5.0;
@@ -146,7 +56,7 @@ class RecordingSink : public ProbabilitySink<T> {
 template <class T>
 void run_case(const Case& c, std::uint64_t seed, bool with_sink) {
   auto p = make_problem<T>(c, seed);
-  auto in = p.input();
+  auto in = p.forward_input();
   in.n_heads = c.n_heads;
   in.head_dim = c.d;
   in.mask = c.mask;
@@ -155,11 +65,11 @@ void run_case(const Case& c, std::uint64_t seed, bool with_sink) {
   const Index phase = Index(seed % kSinkRows);  // exercise unaligned starts too
   RecordingSink<T> sink(c, phase);
   if (with_sink) in.sink = &sink, in.sink_phase = phase;
-  const auto ref = reference<T>(c, p, in);
+  const auto ref = reference(p, false);
   attention<T>(in);
   INFO("tq=" << c.tq << " heads=" << c.n_heads << "/" << c.n_kv << " d=" << c.d << " tk0=" << c.tk[0]
        << " mask=" << int(c.mask) << " offset=" << c.offset << " sink=" << with_sink);
-  test::require_close<T>(p.out.view(), ref.out, tolerance<T>(c), "attention output");
+  test::require_close<T>(p.out.view(), ref.out, forward_tolerance<T>(c), "attention output");
   if (with_sink) {
     const Index group = c.n_heads / c.n_kv;
     for (Index kv = 0; kv < c.n_kv; ++kv) {
@@ -169,7 +79,7 @@ void run_case(const Case& c, std::uint64_t seed, bool with_sink) {
         for (std::size_t e = 0; e < avg.v.size(); ++e) avg.v[e] += ref.probs[std::size_t(kv * group + g)].v[e] / double(group);
       double worst = 0;
       for (std::size_t e = 0; e < avg.v.size(); ++e) worst = std::max(worst, std::abs(avg.v[e] - sink.probs[std::size_t(kv)].v[e]));
-      CHECK(worst <= tolerance<T>(c));
+      CHECK(worst <= forward_tolerance<T>(c));
     }
   }
 }
@@ -233,7 +143,7 @@ TEST_CASE("attention on strided views and in place", "[attention]") {
 TEST_CASE("attention: a row that sees no key yields zeros", "[attention]") {
   Case c{3, 2, 1, 16, {5}, MaskKind::custom};
   auto p = make_problem<float>(c, 77);
-  auto in = p.input();
+  auto in = p.forward_input();
   in.n_heads = 2;
   in.head_dim = 16;
   in.mask = MaskKind::custom;
@@ -245,7 +155,8 @@ TEST_CASE("attention: a row that sees no key yields zeros", "[attention]") {
 TEST_CASE("attention rejects bad shapes", "[attention][errors]") {
   Case c{4, 4, 2, 8, {4, 4}};
   auto p = make_problem<float>(c, 3);
-  auto in = p.input();
+  auto in = p.forward_input();
+  in.lse = View<float>();  // each check below is about one other field
   in.n_heads = 3;  // not a multiple of 2 KV heads
   in.head_dim = 8;
   CHECK_THROWS_AS(attention<float>(in), Error);
@@ -273,7 +184,7 @@ TEST_CASE("attention rejects bad shapes", "[attention][errors]") {
 TEST_CASE("visible_pairs counts the FLOP-relevant pairs", "[attention][flops]") {
   Case c{5, 2, 1, 8, {12}};
   auto p = make_problem<float>(c, 1);
-  auto in = p.input();
+  auto in = p.forward_input();
   in.n_heads = 2;
   in.head_dim = 8;
   CHECK(visible_pairs(in, 0) == flops::causal_pairs(5, 12));
