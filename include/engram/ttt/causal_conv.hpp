@@ -54,6 +54,33 @@ struct DepthwiseConv {
     }
     if (flops) flops->add(FlopCategory::other, 2.0 * double(n) * double(K) * double(C));
   }
+
+  /// Backward of forward(u, zero history, y): du [n, C] = dL/du (du += with `accumulate`),
+  /// dweight[k, c] += sum_t dy[t, c] u[t - (K - 1) + k, c] and dbias += sum_t dy when `grads` trains
+  /// them. du must not alias dy.
+  void backward(ConstView<T> u, ConstView<T> dy, View<T> du, Gradients<T>* grads, bool accumulate = false,
+                FlopCounter* flops = nullptr) const {
+    const Index n = u.rows(), C = channels(), K = kernel();
+    check_shape(u, -1, C, "ttt::DepthwiseConv::backward", "input");
+    check_shape(dy, n, C, "ttt::DepthwiseConv::backward", "output gradient");
+    check_shape(du, n, C, "ttt::DepthwiseConv::backward", "input gradient");
+    ENGRAM_ASSERT(du.data() != dy.data());
+    // du[s] = sum_k w[k] dy[s + (K - 1) - k] over the outputs that read input s.
+    for (Index s = 0; s < n; ++s) {
+      T* out = du.row(s);
+      if (!accumulate) std::fill_n(out, C, T(0));
+      for (Index k = 0; k < K; ++k) {
+        const Index t = s + (K - 1) - k;
+        if (t < n) detail::multiply_add(weight.row(k), dy.row(t), out, C);
+      }
+    }
+    if (Tensor<T>* gw = grads ? grads->find(weight) : nullptr)
+      for (Index k = 0; k < K; ++k)
+        for (Index t = std::max<Index>(0, (K - 1) - k); t < n; ++t) detail::multiply_add(dy.row(t), u.row(t - (K - 1) + k), gw->row(k), C);
+    if (Tensor<T>* gb = grads ? grads->find(bias) : nullptr)
+      for (Index t = 0; t < n; ++t) simd::add(gb->data(), dy.row(t), gb->data(), C);
+    if (flops) flops->add(FlopCategory::other, 4.0 * double(n) * double(K) * double(C));
+  }
 };
 
 /// history [K, C] <- the last K rows of (history ++ u), oldest first.
@@ -104,6 +131,23 @@ class CausalConv final : public SequenceLayer<T> {
     check(x.rows() > 0, "ttt::CausalConv", "empty input: a step needs at least one token");
     conv.forward(x, s->history.view(), y, ctx.flops);
     push_history<T>(s->history.view(), x);
+  }
+
+  /// Each sequence from a zero history; saves the input x [N, C].
+  void forward_train(ConstView<T> x, View<T> y, TrainContext<T>& ctx) const override {
+    const Index N = x.rows(), C = conv.channels();
+    check(ctx.tape != nullptr && ctx.workspace != nullptr, "ttt::CausalConv::forward_train", "TrainContext needs a tape and a workspace");
+    check(ctx.seq_len > 0 && N == ctx.n_seqs * ctx.seq_len, "ttt::CausalConv::forward_train", "expected ", ctx.n_seqs,
+          " sequences of ", ctx.seq_len, " rows, got ", N, " rows");
+    copy<T>(x, ctx.tape->push(N, C));
+    View<T> history = ctx.workspace->get(3, conv.kernel(), C);
+    for (Index r = 0; r < history.rows(); ++r) std::fill_n(history.row(r), C, T(0));
+    for (Index s = 0; s < ctx.n_seqs; ++s) conv.forward(ctx.sequence(x, s), history, ctx.sequence(y, s), ctx.flops);
+  }
+  void backward(ConstView<T> dy, View<T> dx, TrainContext<T>& ctx) const override {
+    const ConstView<T> x = ctx.tape->pop(dy.rows(), conv.channels());
+    for (Index s = 0; s < ctx.n_seqs; ++s)
+      conv.backward(ctx.sequence(x, s), ctx.sequence(dy, s), ctx.sequence(dx, s), ctx.grads, false, ctx.flops);
   }
 };
 

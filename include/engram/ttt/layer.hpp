@@ -1,16 +1,18 @@
 // The TTT layer as a sequence mixer (ttt.md 1, 2, 4.1): projections, RoPE at position t mod b, the
 // inner loop per head (dual form on whole aligned mini-batches, primal form elsewhere), post_norm,
-// the optional GELU gate and o_proj.
+// the optional GELU gate and o_proj; and its training forward and backward through the inner loop.
 #pragma once
 
 #include <cmath>
 #include <memory>
 #include <string>
 
+#include "engram/core/finite.hpp"
 #include "engram/nn/linear.hpp"
 #include "engram/nn/norm.hpp"
 #include "engram/ttt/causal_conv.hpp"
-#include "engram/ttt/inner_loop.hpp"
+#include "engram/core/ops_backward.hpp"
+#include "engram/ttt/inner_backward.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
 namespace ttt {
@@ -65,12 +67,21 @@ class Layer final : public SequenceLayer<T> {
     }
     post_norm = Norm<T>(NormKind::layer, C, c.post_norm_eps);
     o_proj = Linear<T>(C, C, false);
-    // Positions restart at 0 in every mini-batch: one table of b rows serves every step. Angles are
-    // computed in double (core's make_rope_table); ttt-lm-pytorch uses float32 angles, a difference of
-    // ~1e-7 relative at positions below 16.
-    std::vector<std::int64_t> positions(static_cast<std::size_t>(c.mini_batch));
-    for (Index i = 0; i < c.mini_batch; ++i) positions[std::size_t(i)] = i;
-    rope_ = make_rope_table<T>(rope_inv_freq(d, c.rope_theta), positions);
+    // Positions restart at 0 in every mini-batch: one table of b rows serves every step. As in
+    // ttt-lm-pytorch (RotaryEmbedding.forward), the frequencies, angles, cos and sin are float32
+    // values whatever T is (double angles would move double-precision outputs ~2e-8 relative away
+    // from the official module's); cos and sin are the correctly rounded float32 values (torch's
+    // vectorised float32 cos/sin may differ from them by 1 ulp).
+    rope_.cos = Tensor<T>({c.mini_batch, d / 2});
+    rope_.sin = Tensor<T>({c.mini_batch, d / 2});
+    for (Index i = 0; i < d / 2; ++i) {
+      const float inv_freq = 1.0f / std::pow(float(c.rope_theta), float(2 * i) / float(d));
+      for (Index p = 0; p < c.mini_batch; ++p) {
+        const float angle = float(p) * inv_freq;
+        rope_.cos(p, i) = T(float(std::cos(double(angle))));
+        rope_.sin(p, i) = T(float(std::sin(double(angle))));
+      }
+    }
   }
 
   // Column offsets of the fused projection's output.
@@ -129,7 +140,7 @@ class Layer final : public SequenceLayer<T> {
   /// forward() that also copies the intermediate tensors into `trace` when it is not null.
   void forward_traced(ConstView<T> x, View<T> y, LayerState<T>* state, StepContext<T>& ctx, Trace<T>* trace) const {
     const char* where = "ttt::Layer";
-    const Index n = x.rows(), C = config.d_model, H = config.n_heads, d = config.head_dim(), b = config.mini_batch;
+    const Index n = x.rows(), C = config.d_model, H = config.n_heads;
     auto* st = dynamic_cast<State<T>*>(state);
     check(st != nullptr, where, "needs its ttt::State (from make_state())");
     check(st->n_heads() == H && st->W1.dim(2) == config.inner_dim(), where, "state was made by a layer of another shape");
@@ -147,67 +158,292 @@ class Layer final : public SequenceLayer<T> {
     Workspace<T>& ws = *ctx.workspace;
     // 1. All input projections in one GEMM: P [n, n_proj].
     View<T> P = ws.get(3, n, proj.out());
-    // [n, C] target Y = V - K, preceded on the Mamba backbone by the conv outputs XQ, XK.
-    View<T> QKY = ws.get(5, n, config.share_qk ? 3 * C : C);
-    View<T> Y = QKY.middle_cols(QKY.cols() - C, C);
+    View<T> QKY = ws.get(5, n, qky_cols());
     proj.forward(x, P, ctx.flops);
-    View<T> Q, K;
-    if (config.share_qk) {
-      // Mamba backbone: xqk = q_proj(x) feeds two separate causal convs with one shared history.
-      Q = QKY.middle_cols(0, C);
-      K = QKY.middle_cols(C, C);
-      ConstView<T> xqk = P.middle_cols(q_col(), C);
-      conv_q.forward(xqk, st->conv_qk.view(), Q, ctx.flops);
-      conv_k.forward(xqk, st->conv_qk.view(), K, ctx.flops);
-      push_history<T>(st->conv_qk.view(), xqk);
-    } else {
-      Q = P.middle_cols(q_col(), C);
-      K = P.middle_cols(k_col(), C);
-    }
-    ConstView<T> V = P.middle_cols(v_col(), C);
-    // 2. RoPE on Q and K at position t mod b: one call per run of positions inside a mini-batch.
-    for (Index t = 0; t < n;) {
-      const Index p = (st->position + t) % b, m = std::min(b - p, n - t);
-      apply_rope<T>(Q.middle_rows(t, m), H, d, rope_, RopePairing::interleaved, p);
-      apply_rope<T>(K.middle_rows(t, m), H, d, rope_, RopePairing::interleaved, p);
-      t += m;
-    }
-    // 3. eta(x_t) = base_lr * sigmoid(x_t . w_h + c_h) / d, in place in P's gate columns: [n, H].
-    View<T> lr = P.middle_cols(lr_col(), H);
-    for (Index t = 0; t < n; ++t)
-      for (Index h = 0; h < H; ++h) lr(t, h) += lr_bias(h, 0);
-    sigmoid<T>(lr);
-    for (Index t = 0; t < n; ++t) simd::scale(T(config.base_lr / double(d)), lr.row(t), H);
-    // 4. Reconstruction target Y = V - K (rotated K).
-    for (Index t = 0; t < n; ++t) {
-      std::copy_n(V.row(t), C, Y.row(t));
-      simd::axpy(T(-1), K.row(t), Y.row(t), C);
-    }
+    // 2-4. Convs, RoPE, eta, target.
+    const Inputs in = prepare(P, QKY, st->conv_qk.view(), st->position, ctx.flops);
+    if (config.share_qk) push_history<T>(st->conv_qk.view(), P.middle_cols(q_col(), C));
     // 5. The inner loop, one head per task; O [n, C] receives the inner outputs.
     View<T> O = ws.get(4, n, C);
-    run_inner<T>(config, form, Q, K, Y, lr, token_idx.data(), ttt_norm_weight, ttt_norm_bias, *st, O, ctx.flops);
+    run_inner<T>(config, form, in.Q, in.K, in.Y, in.lr, token_idx.data(), ttt_norm_weight, ttt_norm_bias, *st, O, ctx.flops);
     if (trace) {
-      trace->XQ = Tensor<T>::from_view(Q);
-      trace->XK = Tensor<T>::from_view(K);
-      trace->XV = Tensor<T>::from_view(V);
+      trace->XQ = Tensor<T>::from_view(in.Q);
+      trace->XK = Tensor<T>::from_view(in.K);
+      trace->XV = Tensor<T>::from_view(in.V);
       trace->lr = Tensor<T>({H, n});
       for (Index t = 0; t < n; ++t)
-        for (Index h = 0; h < H; ++h) trace->lr(h, t) = lr(t, h);
+        for (Index h = 0; h < H; ++h) trace->lr(h, t) = in.lr(t, h);
       trace->inner_out = Tensor<T>::from_view(O);
     }
-    // 6. Output path: post_norm over C, optional gate gelu_tanh(g_proj(x)), o_proj.
-    post_norm.forward(O, O);
-    if (config.use_gate) {
-      View<T> gate = P.middle_cols(g_col(), C);
-      gelu_tanh<T>(gate);
-      for (Index t = 0; t < n; ++t) simd::mul(O.row(t), gate.row(t), O.row(t), C);
-    }
-    o_proj.forward(O, y, ctx.flops);
+    // 6. Output path, in place in O and the gate columns of P.
+    output(O, gate_of(P), O, gate_of(P), y, ctx.flops);
+    // NaN policy: the input is finite (checked above) and so are the weights (checked at load), so a
+    // non-finite output means the inner state went non-finite: an Error naming the token (one pass).
+    if (!all_finite<T>(y)) check_finite<T>(y, where, "the output: the inner state (W1, b1, W2, b2) went non-finite", st->position, "token");
     st->position += n;
+  }
+
+  /// Training forward over ctx.n_seqs sequences of ctx.seq_len rows, each from a fresh state; equals
+  /// forward() on each (the same code, the inner loop through run_inner_train). Saves on the tape,
+  /// in order: the input x [N, C], the projections P [N, n_proj] (RoPE applied, eta in the gate
+  /// columns), QKY [N, C or 3C] (the conv outputs on the Mamba backbone, then the target Y), the
+  /// inner outputs O [N, C] and the start weights of every mini-batch of every sequence and head
+  /// (W1 [N_seg H d, F], b1 [N_seg H, F], and W2, b2 for TTT-MLP): memory O(N C + N H d F / b).
+  void forward_train(ConstView<T> x, View<T> y, TrainContext<T>& ctx) const override {
+    const char* where = "ttt::Layer::forward_train";
+    const Index N = x.rows(), C = config.d_model, L = ctx.seq_len;
+    check(ctx.tape != nullptr && ctx.workspace != nullptr, where, "TrainContext needs a tape and a workspace");
+    check(L > 0 && N == ctx.n_seqs * L, where, "expected ", ctx.n_seqs, " sequences of ", L, " rows, got ", N, " rows");
+    check_shape(x, -1, C, where, "input");
+    check_shape(y, N, C, where, "output");
+    Tape<T>& tape = *ctx.tape;
+    copy<T>(x, tape.push(N, C));
+    View<T> P = tape.push(N, proj.out());
+    View<T> QKY = tape.push(N, qky_cols());
+    View<T> O = tape.push(N, C);
+    const Saved saved = push_saved(tape, ctx.n_seqs, L);
+    proj.forward(x, P, ctx.flops);
+    View<T> history = zero_history(*ctx.workspace, 3);
+    const InnerWeights<T> W0 = initial_weights();
+    for (Index s = 0; s < ctx.n_seqs; ++s) {
+      const Inputs in = prepare(ctx.sequence(P, s), ctx.sequence(QKY, s), history, 0, ctx.flops);
+      run_inner_train<T>(config, form, in.Q, in.K, in.Y, in.lr, token_idx.data(), ttt_norm_weight, ttt_norm_bias, W0,
+                         saved.of(s), ctx.sequence(O, s), ctx.flops);
+    }
+    output(O, gate_of(P), ctx.workspace->get(3, N, C), config.use_gate ? ctx.workspace->get(4, N, C) : View<T>(), y, ctx.flops);
+  }
+
+  /// Backward of forward_train (ttt/inner_backward.hpp has the derivation of the inner loop's part).
+  void backward(ConstView<T> dy, View<T> dx, TrainContext<T>& ctx) const override {
+    const char* where = "ttt::Layer::backward";
+    const Index N = dy.rows(), C = config.d_model, H = config.n_heads, d = config.head_dim(), F = config.inner_dim();
+    const Index L = ctx.seq_len, b = config.mini_batch;
+    check(ctx.tape != nullptr && ctx.workspace != nullptr, where, "TrainContext needs a tape and a workspace");
+    check(L > 0 && N == ctx.n_seqs * L, where, "expected ", ctx.n_seqs, " sequences of ", L, " rows, got ", N, " rows");
+    check_shape(dy, N, C, where, "output gradient");
+    check_shape(dx, N, C, where, "input gradient");
+    Tape<T>& tape = *ctx.tape;
+    Workspace<T>& ws = *ctx.workspace;
+    const Saved saved = pop_saved(tape, ctx.n_seqs, L);
+    const ConstView<T> O = tape.pop(N, C);
+    const ConstView<T> QKY = tape.pop(N, qky_cols());
+    const ConstView<T> P = tape.pop(N, proj.out());
+    const ConstView<T> X = tape.pop(N, C);
+    View<T> dP = ws.get(6, N, proj.out());
+
+    // 6. Output path: Og = post_norm(O) o gelu(g) (or post_norm(O)), y = Og o_proj^T.
+    View<T> PN = ws.get(3, N, C), dOg = ws.get(7, N, C);
+    post_norm.forward(O, PN);
+    if (config.use_gate) {
+      View<T> act = ws.get(4, N, C), Og = ws.get(5, N, C);
+      const ConstView<T> g = P.middle_cols(g_col(), C);
+      copy<T>(g, act);
+      gelu_tanh<T>(act);
+      for (Index t = 0; t < N; ++t) simd::mul(PN.row(t), act.row(t), Og.row(t), C);
+      o_proj.backward(Og, dy, dOg, ctx.grads, false, ctx.flops);
+      // d gate = gelu'(g) o dOg o PN; d PN = dOg o gelu(g)
+      for (Index t = 0; t < N; ++t) {
+        simd::mul(dOg.row(t), PN.row(t), Og.row(t), C);
+        simd::mul(dOg.row(t), act.row(t), dOg.row(t), C);
+      }
+      gelu_tanh_backward<T>(g, Og, dP.middle_cols(g_col(), C));
+    } else {
+      o_proj.backward(PN, dy, dOg, ctx.grads, false, ctx.flops);
+    }
+    View<T> dO = PN;  // PN is not needed any more
+    post_norm.backward(O, dOg, dO, ctx.grads);
+
+    // 5. The inner loop, sequence by sequence. dQ, dK: the rotated Q, K (P's columns, or a buffer
+    // on the Mamba backbone, where they are conv outputs); dY lands in dV's columns (Y = V - K).
+    View<T> dQK = config.share_qk ? ws.get(8, N, 2 * C) : View<T>();
+    View<T> dQ = config.share_qk ? dQK.middle_cols(0, C) : dP.middle_cols(q_col(), C);
+    View<T> dK = config.share_qk ? dQK.middle_cols(C, C) : dP.middle_cols(k_col(), C);
+    View<T> dV = dP.middle_cols(v_col(), C), dlr = dP.middle_cols(lr_col(), H);
+    const ConstView<T> Q = config.share_qk ? QKY.middle_cols(0, C) : P.middle_cols(q_col(), C);
+    const ConstView<T> K = config.share_qk ? QKY.middle_cols(C, C) : P.middle_cols(k_col(), C);
+    const ConstView<T> Y = QKY.middle_cols(QKY.cols() - C, C), lr = P.middle_cols(lr_col(), H);
+    // Frozen inner LayerNorm or token scales: their adjoints still accumulate somewhere (scratch).
+    Tensor<T>* g_gamma = ctx.grad(ttt_norm_weight);
+    Tensor<T>* g_beta = ctx.grad(ttt_norm_bias);
+    Tensor<T>* g_idx = ctx.grad(token_idx);
+    Tensor<T> scratch_gamma, scratch_beta, scratch_idx;
+    if (!g_gamma) scratch_gamma = Tensor<T>({H, d}), g_gamma = &scratch_gamma;
+    if (!g_beta) scratch_beta = Tensor<T>({H, d}), g_beta = &scratch_beta;
+    if (!g_idx) scratch_idx = Tensor<T>({b}), g_idx = &scratch_idx;
+    View<T> dW1 = ws.get(9, H * d + H, F);
+    View<T> dW2 = config.kind == Kind::mlp ? ws.get(10, H * F + H, d) : View<T>();
+    InnerGrads<T> grads;
+    grads.dgamma = g_gamma->view();
+    grads.dbeta = g_beta->view();
+    grads.dtoken_idx = g_idx->data();
+    grads.dW0 = {dW1.middle_rows(0, H * d), dW1.middle_rows(H * d, H), {}, {}};
+    if (config.kind == Kind::mlp) grads.dW0.W2 = dW2.middle_rows(0, H * F), grads.dW0.b2 = dW2.middle_rows(H * F, H);
+    const InnerWeights<T> gW0{grad_view(ctx, W1), grad_view(ctx, b1), grad_view(ctx, W2), grad_view(ctx, b2)};
+    for (Index s = 0; s < ctx.n_seqs; ++s) {
+      grads.dQ = ctx.sequence(dQ, s), grads.dK = ctx.sequence(dK, s), grads.dY = ctx.sequence(dV, s);
+      grads.dlr = ctx.sequence(dlr, s);
+      run_inner_backward<T>(config, form, ctx.sequence(Q, s), ctx.sequence(K, s), ctx.sequence(Y, s), ctx.sequence(lr, s),
+                            token_idx.data(), ttt_norm_weight, ttt_norm_bias, saved.of(s), ctx.sequence(ConstView<T>(dO), s),
+                            grads, ctx.flops);
+      for (auto [g, dg] : {std::pair{gW0.W1, grads.dW0.W1}, {gW0.b1, grads.dW0.b1}, {gW0.W2, grads.dW0.W2}, {gW0.b2, grads.dW0.b2}})
+        if (!g.empty())
+          for (Index r = 0; r < g.rows(); ++r) simd::add(g.row(r), dg.row(r), g.row(r), g.cols());
+    }
+    // 4. Y = V - K: dK -= dY.
+    for (Index t = 0; t < N; ++t) simd::axpy(T(-1), dV.row(t), dK.row(t), C);
+    // 3. eta = base_lr sigmoid(logit) / d: dlogit = dlr eta (1 - sigmoid) = dlr eta (1 - eta d / base_lr).
+    Tensor<T>* g_lr_bias = ctx.grad(lr_bias);
+    const T to_sigmoid = config.base_lr > 0 ? T(double(d) / config.base_lr) : T(0);
+    for (Index t = 0; t < N; ++t)
+      for (Index h = 0; h < H; ++h) {
+        const T e = lr(t, h);
+        dlr(t, h) = config.base_lr > 0 ? dlr(t, h) * e * (T(1) - e * to_sigmoid) : T(0);
+        if (g_lr_bias) (*g_lr_bias)(h, 0) += dlr(t, h);
+      }
+    // 2. RoPE at t mod b, then (Mamba) the two convs back to xqk = q_proj(x).
+    for (Index s = 0; s < ctx.n_seqs; ++s)
+      for (Index t = 0; t < L;) {
+        const Index m = std::min(b, L - t);
+        apply_rope_backward<T>(ctx.sequence(dQ, s).middle_rows(t, m), H, d, rope_, RopePairing::interleaved, 0);
+        apply_rope_backward<T>(ctx.sequence(dK, s).middle_rows(t, m), H, d, rope_, RopePairing::interleaved, 0);
+        t += m;
+      }
+    if (config.share_qk) {
+      View<T> dxqk = dP.middle_cols(q_col(), C);
+      const ConstView<T> xqk = P.middle_cols(q_col(), C);
+      for (Index s = 0; s < ctx.n_seqs; ++s) {
+        conv_q.backward(ctx.sequence(xqk, s), ctx.sequence(ConstView<T>(dQ), s), ctx.sequence(dxqk, s), ctx.grads, false, ctx.flops);
+        conv_k.backward(ctx.sequence(xqk, s), ctx.sequence(ConstView<T>(dK), s), ctx.sequence(dxqk, s), ctx.grads, true, ctx.flops);
+      }
+    }
+    // 1. The fused projection.
+    proj.backward(X, dP, dx, ctx.grads, false, ctx.flops);
   }
 
  private:
   RopeTable<T> rope_;  // cos/sin of positions 0 .. b-1
+
+  // Views of one call's inputs to the inner loop (rows of P and QKY).
+  struct Inputs {
+    View<T> Q, K, V, Y, lr;  // [n, C] (lr [n, H])
+  };
+  // The start weights saved for every sequence of a training step.
+  struct Saved {
+    View<T> W1, b1, W2, b2;
+    Index n_heads = 0, per_seq = 0;  // per_seq: segments per sequence
+    SavedWeights<T> of(Index s) const {
+      const Index rows = per_seq * n_heads, d = W1.rows() / b1.rows(), F = W1.cols();
+      SavedWeights<T> w{W1.middle_rows(s * rows * d, rows * d), b1.middle_rows(s * rows, rows), {}, {}, n_heads};
+      if (!W2.empty()) {
+        w.W2 = W2.middle_rows(s * rows * F, rows * F);
+        w.b2 = b2.middle_rows(s * rows, rows);
+      }
+      return w;
+    }
+  };
+
+  Index qky_cols() const { return config.share_qk ? 3 * config.d_model : config.d_model; }
+
+  // Steps 2-4 of the forward for n rows starting at `position` (RoPE slot position mod b), given the
+  // projections P [n, n_proj]: the Mamba backbone's convs from `history` [K, C] (the K rows before,
+  // oldest first) into QKY's first 2C columns, RoPE on Q and K, eta in place in P's gate columns,
+  // and the target Y = V - K in QKY's last C columns.
+  Inputs prepare(View<T> P, View<T> QKY, ConstView<T> history, Index position, FlopCounter* flops) const {
+    const Index n = P.rows(), C = config.d_model, H = config.n_heads, d = config.head_dim(), b = config.mini_batch;
+    Inputs in;
+    in.Y = QKY.middle_cols(QKY.cols() - C, C);
+    if (config.share_qk) {
+      // Mamba backbone: xqk = q_proj(x) feeds two separate causal convs with one shared history.
+      in.Q = QKY.middle_cols(0, C);
+      in.K = QKY.middle_cols(C, C);
+      const ConstView<T> xqk = P.middle_cols(q_col(), C);
+      conv_q.forward(xqk, history, in.Q, flops);
+      conv_k.forward(xqk, history, in.K, flops);
+    } else {
+      in.Q = P.middle_cols(q_col(), C);
+      in.K = P.middle_cols(k_col(), C);
+    }
+    in.V = P.middle_cols(v_col(), C);
+    // RoPE on Q and K at position t mod b: one call per run of positions inside a mini-batch.
+    for (Index t = 0; t < n;) {
+      const Index p = (position + t) % b, m = std::min(b - p, n - t);
+      apply_rope<T>(in.Q.middle_rows(t, m), H, d, rope_, RopePairing::interleaved, p);
+      apply_rope<T>(in.K.middle_rows(t, m), H, d, rope_, RopePairing::interleaved, p);
+      t += m;
+    }
+    // eta(x_t) = base_lr * sigmoid(x_t . w_h + c_h) / d, in place in P's gate columns: [n, H].
+    in.lr = P.middle_cols(lr_col(), H);
+    for (Index t = 0; t < n; ++t)
+      for (Index h = 0; h < H; ++h) in.lr(t, h) += lr_bias(h, 0);
+    sigmoid<T>(in.lr);
+    for (Index t = 0; t < n; ++t) simd::scale(T(config.base_lr / double(d)), in.lr.row(t), H);
+    // Reconstruction target Y = V - K (rotated K).
+    for (Index t = 0; t < n; ++t) {
+      std::copy_n(in.V.row(t), C, in.Y.row(t));
+      simd::axpy(T(-1), in.K.row(t), in.Y.row(t), C);
+    }
+    return in;
+  }
+
+  // Step 6: y = o_proj(post_norm(O) o gelu_tanh(g)) (no gate factor without use_gate). g [n, C]: the
+  // gate projection (P's gate columns, empty without use_gate); `normed` [n, C] receives post_norm(O)
+  // and `act` gelu(g). Either may alias its input: inference works in place, training keeps O and g
+  // for the backward.
+  void output(ConstView<T> O, ConstView<T> g, View<T> normed, View<T> act, View<T> y, FlopCounter* flops) const {
+    post_norm.forward(O, normed);
+    if (config.use_gate) {
+      if (act.data() != g.data()) copy<T>(g, act);
+      gelu_tanh<T>(act);
+      for (Index t = 0; t < O.rows(); ++t) simd::mul(normed.row(t), act.row(t), normed.row(t), config.d_model);
+    }
+    o_proj.forward(normed, y, flops);
+  }
+  // The gate columns of P (empty without use_gate).
+  View<T> gate_of(View<T> P) const { return config.use_gate ? P.middle_cols(g_col(), config.d_model) : View<T>(); }
+
+  // A zero conv history [K, C] in workspace slot `slot` (a training sequence starts fresh).
+  View<T> zero_history(Workspace<T>& ws, int slot) const {
+    View<T> h = ws.get(slot, std::max<Index>(config.conv_kernel, 1), config.d_model);
+    detail::set_zero<T>(h);
+    return h;
+  }
+
+  InnerWeights<T> initial_weights() const {
+    auto v = [](const Tensor<T>& t) { return t.empty() ? View<T>() : View<T>(const_cast<T*>(t.data()), t.rows(), t.cols(), t.stride()); };
+    return {v(W1), v(b1), v(W2), v(b2)};
+  }
+  static View<T> grad_view(TrainContext<T>& ctx, const Tensor<T>& param) {
+    Tensor<T>* g = param.empty() ? nullptr : ctx.grad(param);
+    return g ? g->view() : View<T>();
+  }
+
+  Saved push_saved(Tape<T>& tape, Index n_seqs, Index L) const { return saved_views(n_seqs, L, [&](Index r, Index c) { return tape.push(r, c); }); }
+  Saved pop_saved(Tape<T>& tape, Index n_seqs, Index L) const {
+    // Popped in reverse push order: b2, W2, b1, W1.
+    const Index H = config.n_heads, d = config.head_dim(), F = config.inner_dim(), rows = n_seqs * n_segments(L, config.mini_batch) * H;
+    Saved s;
+    s.n_heads = H, s.per_seq = n_segments(L, config.mini_batch);
+    if (config.kind == Kind::mlp) {
+      s.b2 = tape.pop(rows, d);
+      s.W2 = tape.pop(rows * F, d);
+    }
+    s.b1 = tape.pop(rows, F);
+    s.W1 = tape.pop(rows * d, F);
+    return s;
+  }
+  template <class Push>
+  Saved saved_views(Index n_seqs, Index L, Push&& push) const {
+    const Index H = config.n_heads, d = config.head_dim(), F = config.inner_dim(), rows = n_seqs * n_segments(L, config.mini_batch) * H;
+    Saved s;
+    s.n_heads = H, s.per_seq = n_segments(L, config.mini_batch);
+    s.W1 = push(rows * d, F);
+    s.b1 = push(rows, F);
+    if (config.kind == Kind::mlp) {
+      s.W2 = push(rows * F, d);
+      s.b2 = push(rows, d);
+    }
+    return s;
+  }
 };
 
 }  // namespace ttt
