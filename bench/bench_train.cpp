@@ -2,6 +2,8 @@
 // Section 1, kernels: the fused attention backward against a materialised Eigen backward (and the
 // FMA peak), the sliding-window forward against dense attention over the same number of keys, the
 // chunked LM head + cross-entropy against materialised logits.
+// Section 2, whole models: a training step (forward, loss, backward) of small GPT-2-like models
+// against the same-run forward-only step and the same-run GEMM rate; the activation tape's bytes.
 #include <cmath>
 #include <vector>
 
@@ -11,6 +13,7 @@
 #include "engram/core/attention.hpp"
 #include "engram/core/attention_backward.hpp"
 #include "engram/core/cross_entropy.hpp"
+#include "engram/train/step.hpp"
 
 using namespace engram;
 
@@ -211,10 +214,87 @@ void register_kernel_benchmarks() {
     }
 }
 
+// =============================================================================================
+// Section 2: whole models
+
+// A GPT-2-like byte-level model: LayerNorm, learned positions, tied head, 4 layers, width d.
+struct TrainProblem {
+  Decoder<float> model;
+  train::Batch batch;
+  Gradients<float> grads;
+  train::StepBuffers<float> buf;
+
+  TrainProblem(Index d, Index t)
+      : model(Decoder<float>::create(ModelConfig::gpt2(261, d, 4, d / 64, t))), batch(), grads() {
+    init_for_training(model, 1);
+    grads = Gradients<float>(model);
+    // One sequence of t tokens: the rows the GEMMs see are t (the batch dimension folds into rows).
+    batch.n_seqs = 1, batch.seq_len = t;
+    for (Index i = 0; i < t; ++i) batch.tokens.push_back(std::int32_t((i * 7919 + 13) % 256)), batch.labels.push_back(std::int32_t((i * 104729 + 7) % 256));
+  }
+  // Analytic FLOPs of a training step: 3x the forward (forward, and the backward's two products per
+  // forward product), with the causal attention pairs.
+  double forward_flops() const {
+    const auto& c = model.config;
+    const double t = double(batch.seq_len);
+    const double per_layer = flops::gemm(Index(t), 3 * c.d_model, c.d_model) + flops::gemm(Index(t), c.d_model, c.d_model) +
+                             2 * flops::gemm(Index(t), c.d_ff, c.d_model) + 2 * flops::attention_product(flops::causal_pairs(batch.seq_len, batch.seq_len), c.d_model);
+    return double(c.n_layers) * per_layer + flops::gemm(Index(t), c.vocab_size, c.d_model);
+  }
+};
+
+void train_step(benchmark::State& state, bool backward) {
+  set_num_threads(int(state.range(2)));
+  TrainProblem p(state.range(0), state.range(1));
+  train::StepOptions o;
+  o.backward = backward;
+  for (auto _ : state) {
+    p.grads.zero();
+    const auto s = train::lm_step<float>(p.model, p.batch, &p.grads, p.buf, 1.0f / float(p.batch.count()), o);
+    benchmark::DoNotOptimize(s.loss_sum);
+  }
+  const double flops = (backward ? 3.0 : 1.0) * p.forward_flops();
+  state.counters["GFLOPs"] = bench::gflops(flops);
+  state.counters["tokens_per_s"] = benchmark::Counter(double(p.batch.rows()), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tape_MiB"] = double(p.buf.tape.peak_bytes()) / 1048576.0;
+  // A T x T float buffer per head would be this large; the tape must stay far below it.
+  state.counters["TxT_MiB"] = double(p.batch.seq_len) * double(p.batch.seq_len) * 4.0 / 1048576.0;
+  state.counters["threads"] = double(state.range(2));
+}
+void train_step_forward(benchmark::State& state) { train_step(state, false); }
+void train_step_full(benchmark::State& state) { train_step(state, true); }
+
+// The GEMM rate of the model's dominant products: [T, d] x [d, 4d] (the MLP's up projection).
+void model_gemm(benchmark::State& state) {
+  const Index d = state.range(0), t = state.range(1);
+  set_num_threads(int(state.range(2)));
+  auto a = random_tensor(t, d, 11), w = random_tensor(4 * d, d, 12);
+  Tensor<float> c({t, 4 * d});
+  for (auto _ : state) {
+    matmul_nt<float>(a.view(), w.view(), c.view());
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.counters["GFLOPs"] = bench::gflops(flops::gemm(t, 4 * d, d));
+  state.counters["threads"] = double(state.range(2));
+}
+
+void register_model_benchmarks() {
+  for (Index d : {256, 512})
+    for (Index t : {512, 2048})
+      for (int threads : {1, 2}) {
+        benchmark::RegisterBenchmark("train_step:baseline", train_step_forward)->Args({d, t, threads})->UseRealTime()->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark("train_step:forward_backward", train_step_full)->Args({d, t, threads})->UseRealTime()->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark("train_gemm:model_shape", model_gemm)->Args({d, t, threads})->UseRealTime()->Unit(benchmark::kMillisecond);
+      }
+  // Memory at 4096 tokens: the tape holds activations linear in T, no T x T buffer.
+  benchmark::RegisterBenchmark("train_memory:forward_backward", train_step_full)->Args({256, 4096, 2})->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(2);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   bench::register_fma_peak(2);
   register_kernel_benchmarks();
+  register_model_benchmarks();
   return engram::bench::run(argc, argv);
 }

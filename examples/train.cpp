@@ -27,6 +27,8 @@ std::string duration(double s) {
 
 struct ModelOptions {
   std::string arch = "llama";
+  std::string mixer = "attention";
+  Index window = 256;
   Index d_model = 256, layers = 4, heads = 4, kv_heads = 0, d_ff = 0, context = 256;
   double init_std = 0.02;
 };
@@ -46,6 +48,10 @@ ModelConfig model_config(const ModelOptions& o) {
     c = ModelConfig::llama(vocab, o.d_model, o.layers, o.heads, kv, d_ff);
     c.max_positions = std::max<Index>(o.context, 1);
     c.tie_embeddings = true;
+  }
+  if (o.mixer == "swa") {
+    if (o.arch != "llama") cli::usage_error("--mixer", "sliding-window attention is a Llama-style (Mistral) model: use --arch llama");
+    c.sliding_window = o.window;
   }
   c.validate();
   return c;
@@ -75,6 +81,9 @@ int main(int argc, char** argv) {
         app.add_option("--task-length", task_length, "tokens per task sample, question included")->check(CLI::Range(Index(64), Index(1) << 20));
         app.add_option("--background", background, "background text of the memory tasks (default: Debian's fortunes)")->check(cli::regular_file());
         app.add_option("--arch", mo.arch, "block layout")->check(CLI::IsMember({"llama", "gpt2"}));
+        app.add_option("--mixer", mo.mixer, "sequence mixer: full causal attention, or sliding-window attention (swa, --window keys)")
+            ->check(CLI::IsMember({"attention", "swa"}));
+        app.add_option("--window", mo.window, "keys each query sees with --mixer swa")->check(CLI::Range(Index(1), Index(1) << 24));
         app.add_option("--d-model", mo.d_model, "width")->check(CLI::Range(Index(8), Index(8192)));
         app.add_option("--layers", mo.layers, "blocks")->check(CLI::Range(Index(1), Index(256)));
         app.add_option("--heads", mo.heads, "attention heads")->check(CLI::Range(Index(1), Index(256)));

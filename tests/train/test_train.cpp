@@ -147,6 +147,40 @@ TEST_CASE("train: forward_train equals the inference prefill", "[train][invarian
   }
 }
 
+TEST_CASE("train: a sliding-window model: forward_train equals prefill equals decode, the cache stays bounded", "[train][window]") {
+  ModelConfig c = small_llama();
+  c.sliding_window = 5;
+  const auto m = random_model<float>(c, 13, 0.2);
+  const train::Batch b = random_batch(c.vocab_size, 1, 23, 14);
+  train::StepBuffers<float> buf;
+  TrainContext<float> ctx = buf.context(m, 1, b.seq_len, nullptr);
+  View<float> x = buf.hidden(b.rows(), c.d_model);
+  m.embed_tokens(b.tokens, x);
+  m.forward_train(x, ctx);
+  buf.tape.clear();
+  Tensor<float> logits({b.rows(), c.vocab_size});
+  m.logits(x, logits.view());
+  auto whole = m.make_state();
+  REQUIRE(test::relative_error<float>(logits.view(), m.prefill(b.tokens, whole, {.all_logits = true}).view()) <= 1e-5);
+  auto step = m.make_state();
+  for (Index t = 0; t < b.seq_len; ++t) {
+    const Tensor<float> one = m.decode(b.tokens[std::size_t(t)], step);
+    REQUIRE(test::relative_error<float>(one.view(), logits.view().middle_rows(t, 1)) <= 1e-5);
+    for (LayerCache<float>* cache : step.caches()) REQUIRE(cache->max_size() < 2 * c.sliding_window);
+  }
+  // The window changes the model: full attention gives other logits from the sixth token on.
+  ModelConfig full = c;
+  full.sliding_window = 0;
+  auto m_full = random_model<float>(full, 13, 0.2);
+  auto s_full = m_full.make_state();
+  const Tensor<float> lf = m_full.prefill(b.tokens, s_full, {.all_logits = true});
+  REQUIRE(test::relative_error<float>(lf.view().middle_rows(0, 5), logits.view().middle_rows(0, 5)) <= 1e-5);
+  REQUIRE(test::relative_error<float>(lf.view().middle_rows(6, 17), logits.view().middle_rows(6, 17)) > 1e-3);
+  // And its gradients are right.
+  auto md = random_model<double>(c, 15);
+  check_fd(md, random_batch(c.vocab_size, 2, 11, 16), "sliding window");
+}
+
 TEST_CASE("train: gradient checkpointing gives the same gradients and bounds the tape", "[train][checkpointing]") {
   auto m = random_model<float>(small_llama(), 21, 0.2);
   const train::Batch b = random_batch(23, 2, 16, 22);

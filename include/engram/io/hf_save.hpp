@@ -100,7 +100,9 @@ inline json::Value config_to_json(const ModelConfig& c, Index n_labels = 0) {
   } else {
     check(c.architecture == "llama" || c.architecture == "mistral" || c.architecture == "qwen2", "hf::config_to_json",
           "cannot write a config for architecture \"", c.architecture, "\" (llama, mistral, qwen2, gpt2, bert)");
-    j.set("architectures", json::Value::array({json::Value(std::string("LlamaForCausalLM"))}));
+    // A windowed Llama-style model is what Hugging Face calls Mistral (Llama ignores sliding_window).
+    if (c.sliding_window > 0) j.set("model_type", std::string("mistral"));
+    j.set("architectures", json::Value::array({json::Value(std::string(c.sliding_window > 0 ? "MistralForCausalLM" : "LlamaForCausalLM"))}));
     set_int("hidden_size", c.d_model);
     set_int("num_hidden_layers", c.n_layers);
     set_int("num_attention_heads", c.n_heads);
@@ -113,6 +115,7 @@ inline json::Value config_to_json(const ModelConfig& c, Index n_labels = 0) {
     j.set("hidden_act", std::string(detail::activation_name(c.activation, c.architecture)));
     j.set("tie_word_embeddings", c.tie_embeddings);
     j.set("attention_bias", c.qkv_bias);
+    if (c.sliding_window > 0) j.set("sliding_window", json::Value(std::int64_t(c.sliding_window)));
     j.set("mlp_bias", c.mlp_bias);
     const RopeScaling& s = c.rope_scaling;
     if (s.kind == RopeScaling::Kind::none) {

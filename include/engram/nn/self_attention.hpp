@@ -29,13 +29,14 @@ class SelfAttention final : public SequenceLayer<T> {
   Index n_heads = 0, n_kv_heads = 0, head_dim = 0;
   PositionKind positions = PositionKind::rope;
   RopePairing pairing = RopePairing::rotate_half;
+  Index window = 0;  ///< sliding window in keys (ModelConfig::sliding_window), 0: full causal attention
   Linear<T> qkv;  ///< [(H + 2 Hkv) * d, d_model]: rows q (head-major), then k, then v
   Linear<T> out;  ///< [d_model, H * d]
 
   SelfAttention() = default;
   explicit SelfAttention(const ModelConfig& c)
       : n_heads(c.n_heads), n_kv_heads(c.n_kv_heads), head_dim(c.head_dim), positions(c.positions), pairing(c.rope_pairing),
-        qkv(c.d_model, c.qkv_dim(), c.qkv_bias), out(c.n_heads * c.head_dim, c.d_model, c.out_bias) {}
+        window(c.sliding_window), qkv(c.d_model, c.qkv_dim(), c.qkv_bias), out(c.n_heads * c.head_dim, c.d_model, c.out_bias) {}
 
   std::string_view kind() const override { return "attention"; }
   Index dim() const override { return out.out(); }
@@ -55,12 +56,20 @@ class SelfAttention final : public SequenceLayer<T> {
     View<T> proj = ctx.workspace->get(3, n, qkv.out());
     qkv.forward(x, proj, ctx.flops);
     View<T> q = proj.middle_cols(0, qd), k = proj.middle_cols(qd, kd), v = proj.middle_cols(qd + kd, kd);
+    const StepInfo step{n, ctx.tokens_seen + n, ctx.flops};
+    const bool policy_queries = ctx.policy && ctx.policy->needs_queries();
+    View<T> raw_q = q;  // the queries before RoPE, for a policy that asks (slot 5: this layer's)
+    if (policy_queries && positions == PositionKind::rope) {
+      raw_q = ctx.workspace->get(5, n, qd);
+      copy<T>(q, raw_q);
+    }
     if (positions == PositionKind::rope) {
       check(ctx.rope != nullptr, "SelfAttention", "RoPE layer called without a rotation table");
       apply_rope<T>(q, n_heads, head_dim, *ctx.rope, pairing);
       apply_rope<T>(k, n_kv_heads, head_dim, *ctx.rope, pairing);
     }
     cache.append(k, v, ctx.positions);
+    if (policy_queries) ctx.policy->queries(ctx.attention_layer, raw_q, q, cache, ctx.policy_state, step);
 
     // Views of every head's keys and values; reused per thread, so a warm decode step allocates nothing here.
     thread_local std::vector<ConstView<T>> keys, values;
@@ -76,7 +85,7 @@ class SelfAttention final : public SequenceLayer<T> {
     in.head_dim = head_dim;
     in.mask = ctx.mask;
     in.custom_mask = ctx.custom_mask;
-    const StepInfo step{n, ctx.tokens_seen + n, ctx.flops};
+    in.window = window;
     if (ctx.policy && ctx.policy->needs_attention()) in.sink = ctx.policy->sink(ctx.attention_layer, cache, ctx.policy_state, step);
     in.sink_phase = ctx.tokens_seen % kSinkRows;
     attention<T>(in);
@@ -90,6 +99,7 @@ class SelfAttention final : public SequenceLayer<T> {
     }
     out.forward(attn, y, ctx.flops);
     if (ctx.policy) ctx.policy->after_layer(ctx.attention_layer, cache, ctx.policy_state, step);
+    else if (window > 0) drop_outside_window(cache);
   }
 
   // Saved: the input x [n, d_model], the projections after RoPE [n, qkv], the attention output
@@ -127,7 +137,7 @@ class SelfAttention final : public SequenceLayer<T> {
       in.head_dim = head_dim;
       in.mask = ctx.mask;
       in.custom_mask = ctx.custom_mask;
-      in.window = ctx.window;
+      in.window = window > 0 ? window : ctx.window;
       attention<T>(in);
       if (ctx.flops) count_attention_flops(in, *ctx.flops, 1.0);
     }
@@ -167,12 +177,12 @@ class SelfAttention final : public SequenceLayer<T> {
       in.head_dim = head_dim;
       in.mask = ctx.mask;
       in.custom_mask = ctx.custom_mask;
-      in.window = ctx.window;
+      in.window = window > 0 ? window : ctx.window;
       attention_backward<T>(in);
       if (ctx.flops) {
         AttentionInput<T> shape;
         shape.q = in.q, shape.k = keys, shape.v = values, shape.n_heads = n_heads, shape.head_dim = head_dim;
-        shape.mask = ctx.mask, shape.custom_mask = ctx.custom_mask, shape.window = ctx.window;
+        shape.mask = ctx.mask, shape.custom_mask = ctx.custom_mask, shape.window = in.window;
         count_attention_flops(shape, *ctx.flops, 2.0);  // the backward's dV, dP, dQ, dK (+ the recomputed S)
       }
       if (positions == PositionKind::rope) {
@@ -184,6 +194,18 @@ class SelfAttention final : public SequenceLayer<T> {
   }
 
  private:
+  // A windowed model's future queries never see more than the last `window` keys: once the cache
+  // holds twice that, the older rows go (amortised: one compaction per `window` tokens), so the
+  // state stays bounded like a recurrent model's.
+  void drop_outside_window(LayerCache<T>& cache) const {
+    const Index n = cache.max_size();
+    if (n < 2 * window) return;
+    thread_local std::vector<Index> kept;
+    kept.resize(std::size_t(window));
+    for (Index i = 0; i < window; ++i) kept[std::size_t(i)] = n - window + i;
+    for (Index h = 0; h < cache.n_heads(); ++h) cache.head(h).gather(kept);
+  }
+
   // Views of each KV head's keys and values in rows of the fused projection [n, qkv].
   void head_views(ConstView<T> rows, std::vector<ConstView<T>>& keys, std::vector<ConstView<T>>& values) const {
     const Index qd = n_heads * head_dim, kd = n_kv_heads * head_dim;
