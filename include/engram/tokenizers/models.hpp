@@ -86,19 +86,15 @@ class BpeModel final : public Model {
       unk_id_ = detail::lookup(vocab_, *unk_);
       check(unk_id_.has_value(), "tokenizer.json", where, ".unk_token \"", *unk_, "\" is not in the vocabulary");
     }
-    if (byte_level_) {  // the model reads raw bytes: key the vocabulary by the bytes each token stands for
-      detail::VocabMap bytes;
-      for (const auto& [token, id] : vocab_) bytes[byte_level::decode(token).value_or(token)] = id;
-      vocab_ = std::move(bytes);
-    }
     const json::Value* merges = m.find("merges");
     check(merges != nullptr && merges->is_array(), "tokenizer.json", where, ": missing array field \"merges\"");
     const auto& list = merges->as_array();
     merges_.reserve(list.size());
+    std::string merged;
     for (std::size_t rank = 0; rank < list.size(); ++rank) {
-      std::string a, b;
+      std::string_view a, b;
       if (list[rank].is_string()) {  // "a b" (the format before tokenizers 0.20)
-        const std::string& s = list[rank].as_string();
+        const std::string_view s = list[rank].as_string();
         const auto space = s.find(' ');
         check(space != std::string::npos && space > 0 && space + 1 < s.size() && s.find(' ', space + 1) == std::string::npos, "tokenizer.json",
               where, ".merges[", rank, "] expected \"left right\", got \"", s, "\"");
@@ -110,18 +106,19 @@ class BpeModel final : public Model {
         a = pair[0].as_string(), b = pair[1].as_string();
       }
       check(b.size() >= prefix_.size(), "tokenizer.json", where, ".merges[", rank, "] right side \"", b, "\" is shorter than the prefix");
-      std::string merged = a + b.substr(prefix_.size());
-      if (byte_level_) {
-        a = byte_level::decode(a).value_or(a), b = byte_level::decode(b).value_or(b);
-        merged = byte_level::decode(merged).value_or(merged);
-      }
+      merged.assign(a).append(b.substr(prefix_.size()));
       const auto ia = detail::lookup(vocab_, a), ib = detail::lookup(vocab_, b), im = detail::lookup(vocab_, merged);
-      check(ia && ib && im, "tokenizer.json", where, ".merges[", rank, "] \"", list[rank].is_string() ? list[rank].as_string() : a + " " + b,
+      check(ia && ib && im, "tokenizer.json", where, ".merges[", rank, "] \"", list[rank].is_string() ? list[rank].as_string() : std::string(a) + " " + std::string(b),
             "\" uses a token that is not in the vocabulary");
       merges_.insert_or_assign(pair_key(*ia, *ib), Merge{std::int32_t(rank), *im});  // a repeated pair keeps its last rank, as the reference's map does
     }
-    if (byte_level_)
+    if (byte_level_) {  // the model reads raw bytes: key the vocabulary by the bytes each token stands for
+      detail::VocabMap bytes;
+      bytes.reserve(vocab_.size());
+      for (const auto& [token, id] : vocab_) bytes[byte_level::decode(token).value_or(token)] = id;
+      vocab_ = std::move(bytes);
       for (int b = 0; b < 256; ++b) byte_ids_[std::size_t(b)] = detail::lookup(vocab_, std::string(1, char(b))).value_or(-1);
+    }
     for (int b = 0; b < 256; ++b) {
       char name[8];
       std::snprintf(name, sizeof name, "<0x%02X>", b);
