@@ -41,7 +41,7 @@
 /// CLI::ExistingDirectory) and the three here: range (floating point in [lo, hi], NaN refused, which
 /// CLI::Range lets through), regular_file (an existing regular file, never a FIFO or a device that
 /// would block the program) and checked_by (any function that throws engram::Error on a bad value,
-/// e.g. namm::parse_budget).
+/// e.g. parse_budget).
 ///
 /// The API (run, threads, seed, usage_error, UsageError, range, regular_file, checked_by, exit statuses) is
 /// stable: programs are written against it in parallel.

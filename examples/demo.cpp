@@ -84,9 +84,9 @@ int main(int argc, char** argv) {
           std::normal_distribution<float> normal(0.f, 0.05f);
           for (Index i = 0; i < weights.theta.numel(); ++i) weights.theta[i] = normal(rng);
           weights.stats.var.fill(1.0);
-          weights.config.cap = namm::Budget::of_ratio(0.25);
+          weights.config.cap = Budget::of_ratio(0.25);
         }
-        if (!namm_budget.empty()) weights.config.cap = namm::parse_budget(namm_budget);
+        if (!namm_budget.empty()) weights.config.cap = parse_budget(namm_budget);
         const auto namm_policy = weights.policy();
         const std::string namm_name = weights.config.cap.limited() ? "NAMM (capped)" : "NAMM";
 

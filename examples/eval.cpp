@@ -17,7 +17,7 @@
 #include "engram/io/hf.hpp"
 #include "engram/io/svg.hpp"
 #include "engram/namm/checkpoint.hpp"
-#include "engram/namm/factory.hpp"
+#include "engram/eval/policy_factory.hpp"
 #include "engram/train/data.hpp"
 #include "engram/ttt/loader.hpp"
 
@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
       "95% Wilson interval) and held-out bits per token by position; any decoder, with any KV-cache policy, or a TTT model.",
       [&](CLI::App& app) {
         app.add_option("--model", model_dir, "model directory (config.json + model.safetensors: llama/gpt2/ttt)")->required()->check(CLI::ExistingDirectory);
-        app.add_option("--policy", policy, "KV-cache policy reading the inputs")->check(CLI::IsMember(std::vector<std::string>(std::begin(namm::kPolicyNames), std::end(namm::kPolicyNames))));
+        app.add_option("--policy", policy, "KV-cache policy reading the inputs")->check(CLI::IsMember(std::vector<std::string>(std::begin(eval::kPolicyNames), std::end(eval::kPolicyNames))));
         app.add_option("--budget", budget, "cache budget of the policy: tokens (e.g. 512) or a ratio of the input (e.g. 0.25)");
         app.add_option("--namm-weights", namm_weights, "NAMM weights (policy namm)")->check(cli::regular_file());
         app.add_option("--task", task, "memory task to score")->check(CLI::IsMember({"all", "fact_memorization", "fact_detection", "reasoning"}));
@@ -88,7 +88,7 @@ int main(int argc, char** argv) {
         std::unique_ptr<namm::NammWeights<float>> weights;
         if (!namm_weights.empty()) weights = std::make_unique<namm::NammWeights<float>>(namm::load_namm<float>(namm_weights));
         std::unique_ptr<CachePolicy<float>> cache_policy;
-        if (policy != "none") cache_policy = namm::make_policy<float>(policy, namm::parse_budget(budget), weights.get());
+        if (policy != "none") cache_policy = eval::make_policy<float>(policy, parse_budget(budget), weights.get());
         eval::DecoderReader<float> reader(model, cache_policy.get());
         std::printf("engram-eval: %s (%lld parameters), %s\n", model_dir.c_str(), (long long)model.n_params(), reader.describe().c_str());
         if (!no_tasks) {

@@ -74,14 +74,14 @@ inline std::vector<std::int32_t> parse_token_ids(const std::string& text, Index 
   return ids;
 }
 
-/// Validator of a --budget value: a token count (2048) or a ratio in (0, 1] (0.25), as namm::parse_budget reads it.
+/// Validator of a --budget value: a token count (2048) or a ratio in (0, 1] (0.25), as parse_budget reads it.
 inline CLI::Validator budget_validator() {
   return cli::checked_by("BUDGET", [](const std::string& text) {
     // Counts beyond 2^40 tokens are refused here: parse_budget converts the number to an integer.
     char* end = nullptr;
     const double v = std::strtod(text.c_str(), &end);
     check(!(std::abs(v) > 1e12), "budget", "expected a token count or a ratio in (0, 1], got \"", text, "\"");
-    (void)namm::parse_budget(text);
+    (void)parse_budget(text);
   });
 }
 

@@ -26,7 +26,7 @@ int main(int argc, char** argv) {
       "n_up tokens, the cache per layer and what it saves against full attention.",
       [&](CLI::App& app) {
         app.add_option("--policy", policy_name, "cache policy")
-            ->check(CLI::IsMember({"namm", "h2o", "knorm", "streaming", "snapkv", "tova", "recency", "none"}));
+            ->check(CLI::IsMember({"namm", "h2o", "knorm", "streaming", "snapkv", "tova", "recency", "expected_attention", "keydiff", "none"}));
         app.add_option("--budget", budget_text,
                        "tokens per KV head (2048) or a ratio of the tokens seen (0.25); required by the baselines, an optional cap for NAMM")
             ->check(examples::budget_validator());
@@ -77,10 +77,10 @@ int main(int argc, char** argv) {
           weights.stats.var.fill(1.0);
         }
         weights.config.n_up = n_up;
-        const namm::Budget budget = namm::parse_budget(budget_text);
+        const Budget budget = parse_budget(budget_text);
         if (policy_name != "namm" && policy_name != "none" && !budget.limited())
           cli::usage_error("--budget", "policy " + policy_name + " needs a budget (tokens, e.g. 2048, or a ratio, e.g. 0.25)");
-        const auto policy = namm::make_policy<float>(policy_name, budget, &weights);
+        const auto policy = eval::make_policy<float>(policy_name, budget, &weights);
         const ModelConfig& c = model.config;
         std::printf("input: %zu tokens, %s\npolicy: %s, model: d=%td, %td layers, %td heads / %td KV heads\n\n", tokens.size(),
                     what.c_str(), policy ? policy->name().c_str() : "none (full cache)", c.d_model, c.n_layers, c.n_heads, c.n_kv_heads);

@@ -1,5 +1,9 @@
-// Token tables: every column stays in lockstep through append and gather (rows are tagged), memory
-// is released, copies are deep, bad indices are Errors.
+// Token tables: every column stays in lockstep through append, evict (slot reuse) and gather (rows
+// are tagged), policy columns are packed, memory is released, copies are deep, bad indices are Errors.
+#include <algorithm>
+#include <numeric>
+#include <random>
+
 #include "engram/nn/kv_cache.hpp"
 #include "test_util.hpp"
 
@@ -102,4 +106,145 @@ TEST_CASE("a layer cache splits heads and registers columns in all of them", "[k
   CHECK(cache.head(0).size() == 2);
   CHECK(copy.max_size() == 2);
   CHECK(copy.bytes() < cache.bytes());
+}
+
+namespace {
+// A table whose every column is a function of the token's position p: keys p + c / 100, values
+// -p, a float column [3] = p + 0.5, a double column [2] = p * 1e-3 and p + 1e12 (would lose digits
+// in float), an int64 column = 7 p.
+struct Tagged {
+  TokenTable<float> t{5};
+  Index f = t.add_column("f", 3), dbl = t.add_column<double>("d", 2), i64 = t.add_column<std::int64_t>("i", 1);
+  std::int64_t next = 0;
+  void append(Index n) {
+    Tensor<float> k({n, 5}), v({n, 5});
+    std::vector<std::int64_t> pos;
+    for (Index r = 0; r < n; ++r, ++next) {
+      pos.push_back(next);
+      for (Index c = 0; c < 5; ++c) k(r, c) = float(next) + float(c) / 100.f, v(r, c) = -float(next);
+    }
+    t.append(k.view(), v.view(), pos);
+    for (Index r = t.size() - n; r < t.size(); ++r) {
+      const std::int64_t p = t.position(r);
+      for (Index c = 0; c < 3; ++c) t.column(f)(r, c) = float(p) + 0.5f;
+      t.column<double>(dbl)(r, 0) = double(p) * 1e-3, t.column<double>(dbl)(r, 1) = double(p) + 1e12;
+      t.column<std::int64_t>(i64)(r, 0) = 7 * p;
+    }
+  }
+  // Every column of every row agrees with the row's position.
+  bool lockstep() const {
+    for (Index r = 0; r < t.size(); ++r) {
+      const std::int64_t p = t.position(r);
+      for (Index c = 0; c < 5; ++c)
+        if (t.keys()(r, c) != float(p) + float(c) / 100.f || t.values()(r, c) != -float(p)) return false;
+      for (Index c = 0; c < 3; ++c)
+        if (t.column(f)(r, c) != float(p) + 0.5f) return false;
+      if (t.column<double>(dbl)(r, 0) != double(p) * 1e-3 || t.column<double>(dbl)(r, 1) != double(p) + 1e12) return false;
+      if (t.column<std::int64_t>(i64)(r, 0) != 7 * p) return false;
+    }
+    return true;
+  }
+  std::vector<std::int64_t> sorted_positions() const {
+    auto p = t.positions();
+    std::sort(p.begin(), p.end());
+    return p;
+  }
+};
+}  // namespace
+
+TEST_CASE("evict reuses slots: every column of a row moves together, whatever the mix of evictions", "[kv_cache]") {
+  Tagged a;
+  a.append(40);
+  std::mt19937 rng(5);
+  std::vector<std::int64_t> alive(40);
+  std::iota(alive.begin(), alive.end(), 0);
+  for (int round = 0; round < 60; ++round) {
+    // Evict a random subset (sometimes the tail, sometimes the head, sometimes one row), append some.
+    const Index k = std::uniform_int_distribution<Index>(0, std::min<Index>(a.t.size(), 6))(rng);
+    std::vector<Index> rows(std::size_t(a.t.size()));
+    std::iota(rows.begin(), rows.end(), 0);
+    std::shuffle(rows.begin(), rows.end(), rng);
+    rows.resize(std::size_t(k));
+    for (Index r : rows) alive.erase(std::find(alive.begin(), alive.end(), a.t.position(r)));
+    a.t.evict(rows);
+    REQUIRE(a.lockstep());
+    const Index n = std::uniform_int_distribution<Index>(0, 4)(rng);
+    for (Index i = 0; i < n; ++i) alive.push_back(a.next + i);
+    a.append(n);
+    REQUIRE(a.lockstep());
+    REQUIRE(a.sorted_positions() == alive);
+  }
+  // A gather (NAMM's order-keeping compaction) after slot reuse keeps lockstep too.
+  std::vector<Index> every_other;
+  for (Index i = 0; i < a.t.size(); i += 2) every_other.push_back(i);
+  a.t.gather(every_other);
+  CHECK(a.lockstep());
+}
+
+TEST_CASE("evict with slot reuse touches only the evicted slots; without it, it compacts in order", "[kv_cache]") {
+  Tagged a;
+  a.append(10);
+  a.t.evict(std::vector<Index>{2});  // the last row (position 9) fills slot 2
+  CHECK(a.t.positions() == std::vector<std::int64_t>{0, 1, 9, 3, 4, 5, 6, 7, 8});
+  a.t.evict(std::vector<Index>{8, 0});  // row 8 is the last row itself: only slot 0 is refilled (by row 7)
+  CHECK(a.t.positions() == std::vector<std::int64_t>{7, 1, 9, 3, 4, 5, 6});
+  CHECK(a.lockstep());
+  Tagged b;
+  b.t.set_slot_reuse(false);
+  b.append(10);
+  b.t.evict(std::vector<Index>{2, 0});
+  CHECK(b.t.positions() == std::vector<std::int64_t>{1, 3, 4, 5, 6, 7, 8, 9});
+  CHECK(b.lockstep());
+  CHECK_THROWS_AS(a.t.evict(std::vector<Index>{1, 1}), Error);
+  CHECK_THROWS_AS(a.t.evict(std::vector<Index>{7}), Error);
+  CHECK_THROWS_AS(a.t.evict(std::vector<Index>{-1}), Error);
+  CHECK(a.lockstep());  // failed calls changed nothing
+  CHECK_THROWS_AS(a.t.column(a.dbl), Error);  // a double column read as float
+  CHECK_THROWS_AS(a.t.column(99), Error);
+  CHECK_THROWS_AS(a.t.add_column<double>("f", 3), Error);  // same name, other type
+}
+
+TEST_CASE("policy columns are packed: bytes per token count each column at its own size", "[kv_cache]") {
+  TokenTable<float> t(128);
+  CHECK(t.packed_row_bytes() == 8);  // the position alone
+  t.add_column<double>("h2o", 1);
+  CHECK(t.packed_row_bytes() == 16);
+  TokenTable<float> namm(128);
+  namm.add_column("ema", 17), namm.add_column("history", 32);
+  CHECK(namm.packed_row_bytes() == 208);  // 8 + 4 * (17 + 32) = 204, rounded to 8: no 64-byte padding per column
+  CHECK(namm.bytes_per_token() == 2 * 128 * 4 + 208);
+  TokenTable<float> one(128);
+  one.add_column("tova", 1);
+  CHECK(one.packed_row_bytes() == 16);  // 8 + 4, rounded to the 8-byte row alignment
+  // Registering a column after tokens exist widens every row and keeps the old contents.
+  Tagged a;
+  a.append(6);
+  const Index late = a.t.add_column("late", 2);
+  CHECK(a.lockstep());
+  CHECK(a.t.column(late)(5, 1) == 0.f);
+  // Bytes: the capacity of keys, values and packed rows; eviction returns memory.
+  a.append(200);
+  const std::size_t big = a.t.bytes();
+  std::vector<Index> most(190);
+  std::iota(most.begin(), most.end(), 0);
+  a.t.evict(most);
+  CHECK(a.t.bytes() < big / 4);
+  CHECK(a.lockstep());
+}
+
+TEST_CASE("one token in and one out per step with slot reuse does not reallocate", "[kv_cache]") {
+  Tagged a;
+  a.append(100);
+  std::size_t steady = 0;
+  for (Index step = 0; step < 50; ++step) {
+    a.append(1);
+    const auto pos = a.t.positions();
+    const Index oldest = Index(std::min_element(pos.begin(), pos.end()) - pos.begin());
+    a.t.evict(std::vector<Index>{oldest});
+    if (step == 1) steady = a.t.bytes();
+    if (step > 1) CHECK(a.t.bytes() == steady);
+  }
+  CHECK(a.t.size() == 100);
+  CHECK(a.sorted_positions().front() == 50);
+  CHECK(a.lockstep());
 }

@@ -2,6 +2,7 @@
 // metadata) as written by examples/convert_namm_checkpoint.py from an evo-memory ckpt.pt.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,13 @@ struct NammWeights {
 
   NammPolicy<T> policy() const {
     return NammPolicy<T>(BamScorer<T>(std::span<const T>(theta.data(), std::size_t(theta.numel()))), stats, config);
+  }
+  /// The policy with `cap` as its hard cap (Budget::none(): the paper's uncapped rule), as an owned
+  /// CachePolicy: what a policy factory needs (eval::make_policy, policies::NamedPolicy).
+  std::unique_ptr<CachePolicy<T>> make_policy(Budget cap) const {
+    NammConfig c = config;
+    c.cap = cap;
+    return std::make_unique<NammPolicy<T>>(BamScorer<T>(std::span<const T>(theta.data(), std::size_t(theta.numel()))), stats, c);
   }
 };
 

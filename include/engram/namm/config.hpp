@@ -1,36 +1,14 @@
-// NammConfig and Budget: the knobs of the NAMM memory model and the cache budgets every policy shares.
+// NammConfig: the knobs of the NAMM memory model (its optional cap is a Budget, nn/cache_policy.hpp).
 #pragma once
 
 #include <cmath>
 #include <limits>
 
 #include "engram/core/error.hpp"
+#include "engram/nn/cache_policy.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
 namespace namm {
-
-/// A cache budget per KV head: a number of tokens, or a fraction of the tokens seen so far.
-struct Budget {
-  Index tokens = 0;    ///< > 0: at most this many tokens per head
-  double ratio = 0.0;  ///< in (0, 1]: at most ceil(ratio * tokens seen) per head
-
-  static Budget none() { return {}; }
-  static Budget of_tokens(Index n) {
-    check(n > 0, "Budget", "a token budget must be positive, got ", n);
-    return {n, 0.0};
-  }
-  static Budget of_ratio(double r) {
-    check(r > 0.0 && r <= 1.0, "Budget", "a budget ratio must be in (0, 1], got ", r);
-    return {0, r};
-  }
-  bool limited() const { return tokens > 0 || ratio > 0.0; }
-  /// Tokens allowed per head after `tokens_seen` tokens (a huge number when unlimited; at least 1).
-  Index allowed(Index tokens_seen) const {
-    if (tokens > 0) return tokens;
-    if (ratio > 0.0) return std::max<Index>(1, Index(std::ceil(ratio * double(tokens_seen))));
-    return std::numeric_limits<Index>::max() / 4;
-  }
-};
 
 /// Hyper-parameters of the NAMM memory model (defaults: the official evo-memory configuration).
 struct NammConfig {

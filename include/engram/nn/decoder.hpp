@@ -136,6 +136,15 @@ class Decoder {
     }
     /// Back to an empty sequence (same model and policy).
     void reset() { *this = model_->make_state(policy_); }
+    /// Marks the end of the prompt (everything read so far): a policy that compresses once, after
+    /// the prompt, does it now (SnapKV's observation window is the prompt's last tokens,
+    /// ExpectedAttention's query statistics are the prompt's). Other policies ignore it; tokens
+    /// read afterwards (the answer) are appended as usual.
+    void end_prompt() {
+      if (!policy_) return;
+      auto c = caches();
+      policy_->end_prompt(c, policy_state_.get(), StepInfo{0, position_, &flops});
+    }
 
    private:
     friend class Decoder;
@@ -162,6 +171,8 @@ class Decoder {
         if (s.layers_.back().back() && s.layers_.back().back()->kv_cache()) ++n_attention;
       }
     }
+    for (LayerCache<T>* c : s.caches())
+      if (config.positions == PositionKind::rope) c->rotation = KeyRotation{inv_freq, config.rope_pairing};
     if (policy) {
       s.policy_state_ = policy->make_state(n_attention, config.n_kv_heads);
       for (LayerCache<T>* c : s.caches()) policy->attach(*c);
