@@ -1,7 +1,9 @@
 // TTT benchmarks (one thread): the dual form against the primal form at head_dim 64, T = 2048 (the
 // inner loop alone and the whole layer); TTT-Linear and TTT-MLP layer prefill against the fused causal
 // attention layer of the same width from 256 to 32k tokens (time, analytic FLOPs, the crossovers);
-// decode cost per token at 1k and 32k of context. Every timing is the thread's CPU time (manual time):
+// decode cost per token at 1k and 32k of context; a training step (forward_train + backward) of the
+// TTT-Linear layer against the attention layer's, with the backward's rate against the same-run
+// GEMM rate. Every timing is the thread's CPU time (manual time):
 // the machine is shared, and single-threaded work descheduled by a neighbour would otherwise count
 // the neighbour's time.
 #include <time.h>
@@ -13,6 +15,8 @@
 #include "bench_util.hpp"
 #include "engram/nn/self_attention.hpp"
 #include "engram/ttt/layer.hpp"
+#include "engram/nn/gradients.hpp"
+#include "engram/nn/tape.hpp"
 
 using namespace engram;
 
@@ -113,6 +117,7 @@ struct Run {
 /// Median seconds per iteration by (family, variant, T), for the crossover summary.
 std::map<std::string, std::map<Index, std::vector<double>>> g_times;
 std::map<std::string, std::map<Index, double>> g_flops;
+std::map<std::string, std::map<Index, double>> g_rates;  // FLOP/s by key and T (training section)
 
 void record(const std::string& key, Index t, double seconds, double flops) {
   g_times[key][t].push_back(seconds);
@@ -285,6 +290,110 @@ void decode_flat(benchmark::State& state, SequenceLayer<float>* layer, const std
 }
 
 // ---------------------------------------------------------------------------------------------
+// training step
+
+double inner_backward_seconds(const ttt::Layer<float>& layer, Tape<float>& tape, Index n);
+
+/// One training step of one layer over one sequence of n tokens: forward_train, then backward with
+/// dL/dy = y (any cotangent costs the same). Times the two halves separately; counters: ms of each,
+/// the backward's analytic GFLOP and its rate (the inner loop's share for TTT).
+void train_step(benchmark::State& state, SequenceLayer<float>* layer, const std::string& key) {
+  set_num_threads(1);
+  const Index n = state.range(0);
+  const auto& x = input(n);
+  Tensor<float> y({n, kC}), dx({n, kC});
+  Tape<float> tape;
+  Workspace<float> ws;
+  Gradients<float> grads(*layer);
+  RopeTable<float> rope;
+  std::vector<std::int64_t> positions(static_cast<std::size_t>(n));
+  for (Index i = 0; i < n; ++i) positions[std::size_t(i)] = i;
+  rope = make_rope_table<float>(rope_inv_freq(kD, 10000.0), positions);
+  double fwd = 0, bwd = 0, bwd_flops = 0, bwd_inner = 0, inner_seconds = 0;
+  for (auto _ : state) {
+    FlopCounter ffwd, fbwd;
+    TrainContext<float> ctx;
+    ctx.tape = &tape, ctx.grads = &grads, ctx.workspace = &ws, ctx.n_seqs = 1, ctx.seq_len = n, ctx.rope = &rope;
+    ctx.flops = &ffwd;
+    const double t0 = cpu_seconds();
+    layer->forward_train(x.view(), y.view(), ctx);
+    const double t1 = cpu_seconds();
+    ctx.flops = &fbwd;
+    layer->backward(y.view(), dx.view(), ctx);
+    const double t2 = cpu_seconds();
+    tape.clear();
+    state.SetIterationTime(t2 - t0);
+    fwd += t1 - t0, bwd += t2 - t1;
+    bwd_flops = fbwd.total(), bwd_inner = fbwd[FlopCategory::ttt_inner];
+    record(key, n, t2 - t0, ffwd.total() + fbwd.total());
+    benchmark::DoNotOptimize(dx.data());
+  }
+  if (auto* tl = dynamic_cast<ttt::Layer<float>*>(layer)) {
+    // The inner loop's backward alone, over the saved state of one more forward_train.
+    FlopCounter ffwd, fbwd;
+    TrainContext<float> ctx;
+    ctx.tape = &tape, ctx.grads = &grads, ctx.workspace = &ws, ctx.n_seqs = 1, ctx.seq_len = n, ctx.flops = &ffwd;
+    tl->forward_train(x.view(), y.view(), ctx);
+    inner_seconds = inner_backward_seconds(*tl, tape, n);
+    tape.clear();
+    state.counters["inner_bwd_GFLOPs"] = bwd_inner / inner_seconds * 1e-9;
+  }
+  const double it = double(state.iterations());
+  state.counters["fwd_ms"] = fwd / it * 1e3;
+  state.counters["bwd_ms"] = bwd / it * 1e3;
+  state.counters["bwd_GFLOPs"] = bwd_flops / (bwd / it) * 1e-9;
+  state.counters["GFLOPs"] = bwd_flops / (bwd / it) * 1e-9;  // the "of peak" column: the backward's rate
+  state.counters["threads"] = 1;
+  g_rates[key + "_bwd"][n] = bwd_flops / (bwd / it);
+  if (inner_seconds > 0) g_rates[key + "_inner_bwd"][n] = bwd_inner / inner_seconds;
+}
+
+/// Seconds of ttt::run_inner_backward over a layer's saved forward_train state (the tape's top
+/// entries, read in place), with random dL/dO: the inner loop's share of the layer backward.
+double inner_backward_seconds(const ttt::Layer<float>& layer, Tape<float>& tape, Index n) {
+  const ttt::Config& c = layer.config;
+  const Index H = c.n_heads, d = c.head_dim(), F = c.inner_dim(), S = ttt::n_segments(n, c.mini_batch);
+  // Tape layout of forward_train (top first): b1 [S H, F], W1 [S H d, F], O, QKY, P, x.
+  const ttt::SavedWeights<float> saved{tape.peek(1), tape.peek(0), {}, {}, H};
+  const ConstView<float> QKY = tape.peek(3), P = tape.peek(4);
+  check(saved.W1.rows() == S * H * d && saved.W1.cols() == F, "bench", "unexpected tape layout");
+  const ConstView<float> Q = P.middle_cols(layer.q_col(), kC), K = P.middle_cols(layer.k_col(), kC), Y = QKY, lr = P.middle_cols(layer.lr_col(), H);
+  Tensor<float> dQ({n, kC}), dK({n, kC}), dY({n, kC}), dlr({n, H}), dgamma({H, d}), dbeta({H, d}), didx({c.mini_batch});
+  Tensor<float> dW1({H * d, F}), db1({H, F});
+  const auto& dO = input(n);
+  ttt::InnerGrads<float> g{dQ.view(), dK.view(), dY.view(), dlr.view(), dgamma.view(), dbeta.view(), didx.data(), {dW1.view(), db1.view(), {}, {}}};
+  double best = 1e30;
+  for (int rep = 0; rep < 3; ++rep) {
+    const double t0 = cpu_seconds();
+    ttt::run_inner_backward<float>(c, ttt::InnerForm::dual, Q, K, Y, lr, layer.token_idx.data(), layer.ttt_norm_weight, layer.ttt_norm_bias, saved, dO.view(), g);
+    best = std::min(best, cpu_seconds() - t0);
+  }
+  return best;
+}
+
+/// The same-run GEMM rate: the TTT layer's largest product, x [n, C] times the fused projection
+/// [C, 3C + H], one thread.
+void gemm_rate(benchmark::State& state) {
+  set_num_threads(1);
+  const Index n = state.range(0);
+  const auto& x = input(n);
+  const auto& w = ttt_layer(ttt::Kind::linear).proj.weight;
+  Tensor<float> y({n, w.rows()});
+  double total = 0;
+  for (auto _ : state) {
+    const double t0 = cpu_seconds();
+    matmul_nt<float>(x.view(), w.view(), y.view());
+    const double dt = cpu_seconds() - t0;
+    state.SetIterationTime(dt);
+    total += dt;
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double f = flops::gemm(n, w.rows(), kC);
+  counters(state, f, total);
+  g_rates["gemm"][n] = f * double(state.iterations()) / total;
+}
+
+// ---------------------------------------------------------------------------------------------
 // summary
 
 /// First length where `variant` becomes cheaper than `base` (log-linear interpolation of the ratio
@@ -332,6 +441,22 @@ void print_summary() {
   std::printf("crossover (FLOPs, closed form): TTT-Linear T = %.0f, TTT-MLP T = %.0f\n",
               double(kH) + double(kH) * lin_inner / (2.0 * kC) - 1, double(kH) + double(kH) * mlp_inner / (2.0 * kC) - 1);
 
+  const auto att_train = medians("train_attention"), lin_train = medians("train_ttt_linear");
+  if (!att_train.empty() && !lin_train.empty()) {
+    std::printf("\nTraining step (forward_train + backward, one sequence, one thread) vs attention:\n");
+    std::printf("%8s %14s %14s %10s %12s %12s %12s %10s %10s\n", "T", "attention ms", "ttt_linear ms", "lin/attn", "GEMM GF/s",
+                "ttt bwd GF/s", "inner bwd", "bwd/GEMM", "inner/GEMM");
+    for (const auto& [t, a] : att_train) {
+      if (!lin_train.count(t)) continue;
+      const double gemm = g_rates["gemm"].count(t) ? g_rates["gemm"][t] : g_rates["gemm"].empty() ? 0 : g_rates["gemm"].rbegin()->second;
+      const double bwd = g_rates["train_ttt_linear_bwd"][t], inner = g_rates["train_ttt_linear_inner_bwd"][t];
+      std::printf("%8td %14.1f %14.1f %10.3f %12.1f %12.1f %12.1f %10.2f %10.2f\n", t, a * 1e3, lin_train.at(t) * 1e3, lin_train.at(t) / a,
+                  gemm * 1e-9, bwd * 1e-9, inner * 1e-9, gemm > 0 ? bwd / gemm : 0.0, gemm > 0 ? inner / gemm : 0.0);
+    }
+    std::printf("crossover (time): a TTT-Linear training step is faster than attention's from T ~ %.0f (-1: not in range)\n",
+                crossover(att_train, lin_train));
+  }
+
   std::printf("\nDecode cost per token (ms, median step, 1k and 32k steps interleaved):\n");
   for (const char* key : {"flat_attention", "flat_ttt_linear", "flat_ttt_mlp"}) {
     const auto m = medians(key);
@@ -368,6 +493,14 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark("layer_prefill:ttt_linear", layer_prefill, lin, InnerForm::dual, false, "ttt_linear")->Arg(t)->UseManualTime()->Unit(ms)->Iterations(iters);
     benchmark::RegisterBenchmark("layer_prefill:ttt_mlp", layer_prefill, mlp, InnerForm::dual, false, "ttt_mlp")->Arg(t)->UseManualTime()->Unit(ms)->Iterations(iters);
   }
+  // Training step of one layer: attention is the baseline, the ratio column is its time / TTT's.
+  for (Index t : {256, 512, 1024, 2048, 4096, 8192}) {
+    const int iters = t <= 2048 ? 3 : 1;
+    benchmark::RegisterBenchmark("train_step:baseline", train_step, att, "train_attention")->Arg(t)->UseManualTime()->Unit(ms)->Iterations(iters);
+    benchmark::RegisterBenchmark("train_step:ttt_linear", train_step, lin, "train_ttt_linear")->Arg(t)->UseManualTime()->Unit(ms)->Iterations(iters);
+  }
+  for (Index t : {2048, 8192})
+    benchmark::RegisterBenchmark("train_gemm:baseline", gemm_rate)->Arg(t)->UseManualTime()->Unit(ms)->Iterations(5);
   benchmark::RegisterBenchmark("decode_flat:baseline", decode_flat, att, "flat_attention")->UseManualTime()->Unit(ms)->Iterations(128);
   benchmark::RegisterBenchmark("decode_flat:ttt_linear", decode_flat, lin, "flat_ttt_linear")->UseManualTime()->Unit(ms)->Iterations(1024);
   benchmark::RegisterBenchmark("decode_flat:ttt_mlp", decode_flat, mlp, "flat_ttt_mlp")->UseManualTime()->Unit(ms)->Iterations(1024);
