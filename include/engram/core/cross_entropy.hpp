@@ -32,9 +32,10 @@ struct ScratchTag {};
 /// Bytes of logits per chunk when chunk_rows = 0: half of a 2 MiB L2, the other half left to the
 /// GEMM's packed panels.
 inline constexpr Index kChunkBytes = Index(1) << 20;
-/// Fewest rows per chunk: below ~64 rows the chunk's GEMMs re-stream W [V, d] for too little work
-/// (a vocabulary of 32k then gets 8 MB chunks, in L3, which the three GEMMs still dominate).
-inline constexpr Index kMinChunkRows = 64;
+/// Fewest rows per chunk: each chunk's three GEMMs stream all of W [V, d], so for a large vocabulary
+/// short chunks are bound by that, not by the FLOPs (bench_train, V = 32768, d = 256, one thread:
+/// 64 rows 71 GFLOP/s, 128 rows 81, 256 rows and more 93). A 32k vocabulary then gets 32 MB chunks.
+inline constexpr Index kMinChunkRows = 256;
 
 template <class T>
 Index chunk_rows_for(Index vocab, Index requested) {
@@ -192,7 +193,7 @@ void check_head(ConstView<T> hidden, ConstView<T> W, std::span<const std::int32_
 
 /// Fused LM head + cross-entropy: logits = hidden [N, d] * W^T (W [V, d], a PyTorch-layout head,
 /// e.g. the tied embedding), processed in chunks of rows so [N, V] is never held (chunk_rows = 0
-/// chooses a size that keeps a chunk of logits in L2, at least 64 rows; rows labelled < 0 are
+/// chooses a size that keeps a chunk of logits in L2, at least 256 rows; rows labelled < 0 are
 /// ignored and never computed). Labels must otherwise be < V (Error naming the row). With dhidden
 /// non-empty, dhidden [N, d] = grad_scale * dLoss_sum/dhidden (overwritten; 0 on ignored rows); dW
 /// [V, d] += grad_scale * dLoss_sum/dW when dW is non-empty. The log-sum-exp of each row is summed
