@@ -186,10 +186,11 @@ inline constexpr Index kGroupsPerThread = 2;
 }  // namespace attention_detail
 
 /// Gradients of attention() with respect to q, k and v, given the forward's output and lse and
-/// dL/dout, without any Tq x Tk buffer (memory O(rows x block) per thread plus one [Tq, H * d]
-/// partial dQ per thread): D_i = rowsum(dO_i * O_i); per (query block, key block) tile the kernel
-/// recomputes S = scale Q K^T, P = exp(S - lse) (masked entries 0), then dV += P^T dO,
-/// dP = dO V^T, dS = P (dP - D), dQ += scale dS K, dK += scale dS^T Q. FLOPs: the five products
+/// dL/dout, without any Tq x Tk buffer (memory O(rows x block) per thread, copies of the inputs,
+/// and one [Tq, H * d] partial dQ per task group, see below): D_i = rowsum(dO_i * O_i); per
+/// (query block, key block) tile the kernel recomputes S = scale Q K^T, P = exp(S - lse) (masked
+/// entries 0), then dV += P^T dO, dP = dO V^T, dS = P (dP - D), dQ += scale dS K,
+/// dK += scale dS^T Q. FLOPs: the five products
 /// over the visible pairs, 5 * 2 * visible_pairs * head_dim per query head (2.5x the forward's two).
 ///
 /// Parallel over (KV head, key block) tasks, so dK and dV have one writer each, in fixed groups of
