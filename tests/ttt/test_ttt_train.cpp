@@ -6,6 +6,7 @@
 #include <map>
 #include <sstream>
 
+#include "engram/train/step.hpp"
 #include "engram/ttt/loader.hpp"
 #include "test_util.hpp"
 
@@ -328,4 +329,48 @@ TEST_CASE("TTT training: forward_train equals prefill in float, frozen parameter
   tr.ctx.seq_len = 7;  // backward of another shape than the forward's
   tr.ctx.n_seqs = 3;
   CHECK_THROWS_AS(layer.backward(y.view(), x.view(), tr.ctx), Error);
+}
+
+TEMPLATE_TEST_CASE("a two-layer TTT language model's loss and every gradient match the PyTorch reference through train::lm_step",
+                   "[ttt][train][golden]", float, double) {
+  using T = TestType;
+  // Double: limited by the reference's float32 RoPE table as in the block test above.
+  const double tol = std::is_same_v<T, float> ? 1e-5 : 3e-7;
+  const auto dir = test::fixture("ttt_grad/model_linear_T");
+  Decoder<T> model = ttt::load_decoder<T>(dir);
+  const Checkpoint golden = Checkpoint::open(dir / "golden.safetensors");
+  const std::vector<std::int32_t> tokens = test::read_tokens(golden);
+  train::Batch batch;
+  batch.n_seqs = 1, batch.seq_len = Index(tokens.size());
+  batch.tokens = tokens;
+  for (std::size_t t = 0; t < tokens.size(); ++t) batch.labels.push_back(t + 1 < tokens.size() ? tokens[t + 1] : train::kIgnore);
+  Gradients<T> grads(model);
+  train::StepBuffers<T> buf;
+  const auto stats = train::lm_step<T>(model, batch, &grads, buf, T(1.0 / double(batch.count())));
+  const double loss = stats.loss_sum / double(stats.count), ref_loss = golden.read<double>("loss")[0];
+  CHECK(std::abs(loss - ref_loss) <= tol * std::abs(ref_loss));
+  // The reference gradients in engram's layout: a second model bound from the grad.* tensors.
+  const ttt::ModelSpec spec = ttt::config_from_json(read_json_file(dir / "config.json"));
+  Decoder<T> ref = ttt::make_decoder<T>(spec);
+  hf::WeightBinder<T> b(golden, "golden");
+  b.rows_into("grad.model.embed_tokens.weight", {spec.vocab_size, spec.layer.d_model}, ref.embed.weight);
+  b.rows_into("grad.model.norm.weight", {spec.layer.d_model}, ref.final_norm.weight);
+  for (Index l = 0; l < spec.n_layers; ++l)
+    ttt::bind_block<T>(b, "grad.model.layers." + std::to_string(l) + ".", spec, ref.blocks[std::size_t(l)]);
+  std::vector<Tensor<T>*> ref_tensors;
+  ref.visit_parameters([&](const std::string&, Tensor<T>& t) { ref_tensors.push_back(&t); });
+  std::ostringstream report;
+  double worst = 0;
+  std::size_t i = 0;
+  model.visit_parameters([&](const std::string& name, Tensor<T>& p) {
+    Tensor<T>* ref_t = ref_tensors.at(i++);
+    if (Tensor<T>* g = grads.find(p)) {  // the tied head has the embedding's gradient
+      const double e = rel<T, T>(g->view(), ref_t->view());
+      report << name << " " << e << "\n";
+      worst = std::max(worst, e);
+    }
+  });
+  INFO(report.str());
+  CHECK(i == ref_tensors.size());
+  CHECK(worst <= tol);
 }
