@@ -1,12 +1,18 @@
 // Recurrent wrapper: splits a sequence of any length into segments, carries the memory from one to
 // the next, and streams: tokens are pushed in any chunks, a segment runs as soon as it is complete,
-// so a sequence of millions of tokens runs in constant memory.
+// so a sequence of millions of tokens runs in constant memory. After reading, it scores a
+// continuation or generates one (greedy), continuing the incomplete segment with a KV cache; it
+// trains through rmt/bptt.hpp. rmt::ArmtWrapper (rmt/armt.hpp) has the same interface.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <functional>
 #include <span>
+#include <string>
 #include <vector>
 
+#include "engram/rmt/bptt.hpp"
 #include "engram/rmt/memory_cell.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
@@ -55,11 +61,28 @@ struct RunResult {
 template <class T>
 class RecurrentWrapper {
  public:
+  using Scalar = T;
+  using TrainBuffers = BpttBuffers<T>;
+
   explicit RecurrentWrapper(MemoryCell<T> cell) : cell_(std::move(cell)) {}
 
   const MemoryCell<T>& cell() const { return cell_; }
+  /// Every trained parameter (MemoryCell::visit_parameters).
+  void visit_parameters(const std::function<void(const std::string&, Tensor<T>&)>& f) { cell_.visit_parameters(f); }
+  /// One training step (rmt::bptt_step on the cell).
+  StepStats train_step(const TrainBatch& batch, Gradients<T>* grads, TrainBuffers& buf, T grad_scale, const BpttOptions& o = {}) const {
+    return bptt_step<T>(cell_, batch, grads, buf, grad_scale, o);
+  }
   const Config& config() const { return cell_.config(); }
   const Decoder<T>& backbone() const { return cell_.backbone(); }
+  Index segment_size() const { return config().segment_size; }
+  /// "RMT (decoder, m = 16, s = 512) over gpt2 d = 768 x 12".
+  std::string describe() const {
+    const ModelConfig& b = backbone().config;
+    return "RMT (" + std::string(name(config().layout)) + ", m = " + std::to_string(config().memory_tokens) + ", s = " +
+           std::to_string(config().segment_size) + ") over " + b.architecture + " d = " + std::to_string(b.d_model) + " x " +
+           std::to_string(b.n_layers);
+  }
 
   /// The state of one sequence: current memory, the tokens of the incomplete segment, counters,
   /// the readout of the last segment, FLOP totals and the cell's scratch.
@@ -140,21 +163,7 @@ class RecurrentWrapper {
       check(s.pushed_ + Index(tokens.size()) <= s.options_.total_tokens, where, "pushing ", tokens.size(), " tokens after ", s.pushed_,
             " exceeds the declared total_tokens = ", s.options_.total_tokens);
     s.pushed_ += Index(tokens.size());
-    while (!tokens.empty()) {
-      const std::size_t size = std::size_t(next_segment_size(s));
-      if (s.buffer_.empty() && tokens.size() >= size) {  // a whole segment in the input: no copy
-        run_segment(tokens.first(size), s, on_segment);
-        tokens = tokens.subspan(size);
-        continue;
-      }
-      const std::size_t take = std::min(size - s.buffer_.size(), tokens.size());
-      s.buffer_.insert(s.buffer_.end(), tokens.begin(), tokens.begin() + std::ptrdiff_t(take));
-      tokens = tokens.subspan(take);
-      if (s.buffer_.size() == size) {
-        run_segment(s.buffer_, s, on_segment);
-        s.buffer_.clear();
-      }
-    }
+    feed_segments(tokens, s.buffer_, [&] { return next_segment_size(s); }, [&](std::span<const std::int32_t> seg) { run_segment(seg, s, on_segment); });
   }
 
   /// Ends the sequence: runs the short last segment, if any. Throws Error for an empty sequence or
@@ -195,7 +204,129 @@ class RecurrentWrapper {
     return r;
   }
 
+  /// Natural-log probabilities of `continuation` after everything pushed so far: out[i] = log
+  /// p(continuation[i] | the sequence, continuation[0..i)). The continuation is pushed (the state
+  /// continues after it, its segments run as they complete). The incomplete segment continues on
+  /// a KV cache ([memory | buffered tokens], then one row per token; a completed segment appends its
+  /// write memory there), so the probabilities equal the content logits of a whole run. Decoder
+  /// layout, left alignment; throws Error before anything has been pushed.
+  void score(std::span<const std::int32_t> continuation, State& s, std::span<double> out) const {
+    check(out.size() == continuation.size(), "rmt::RecurrentWrapper::score", "expected ", continuation.size(), " outputs, got ", out.size());
+    cell_.check_tokens(continuation, "rmt::RecurrentWrapper::score");
+    Tail t = start_tail(s, "rmt::RecurrentWrapper::score");
+    for (std::size_t i = 0; i < continuation.size(); ++i) {
+      out[i] = log_prob(t.logits.view(), continuation[i]);
+      advance(t, s, continuation[i]);
+    }
+  }
+
+  /// Greedy generation: up to max_new_tokens tokens, each the argmax of the next-token logits,
+  /// stopping after `stop` (>= 0) when it is generated. The tokens are pushed (as score() does) and
+  /// returned. Decoder layout, left alignment; throws Error before anything has been pushed.
+  std::vector<std::int32_t> generate(State& s, Index max_new_tokens, std::int32_t stop = -1) const {
+    check(max_new_tokens >= 0, "rmt::RecurrentWrapper::generate", "max_new_tokens must be >= 0, got ", max_new_tokens);
+    Tail t = start_tail(s, "rmt::RecurrentWrapper::generate");
+    std::vector<std::int32_t> out;
+    for (Index i = 0; i < max_new_tokens; ++i) {
+      const T* row = t.logits.row(0);
+      const std::int32_t next = std::int32_t(std::max_element(row, row + t.logits.cols()) - row);
+      out.push_back(next);
+      advance(t, s, next);
+      if (next == stop) break;
+    }
+    return out;
+  }
+
  private:
+  // The incomplete segment as a KV-cached prefix [memory | buffer] and the logits of the next token.
+  struct Tail {
+    typename Decoder<T>::State backbone;
+    Tensor<T> x, logits;  // [rows, d] scratch; [1, V]
+    Tensor<std::uint8_t> mask;
+  };
+
+  static double log_prob(ConstView<T> logits, std::int32_t token) {
+    double mx = -INFINITY;
+    for (Index i = 0; i < logits.cols(); ++i) mx = std::max(mx, double(logits(0, i)));
+    check(std::isfinite(mx), "rmt::RecurrentWrapper", "non-finite logits: the model produced NaN or infinity");
+    double sum = 0;
+    for (Index i = 0; i < logits.cols(); ++i) sum += std::exp(double(logits(0, i)) - mx);
+    return double(logits(0, token)) - mx - std::log(sum);
+  }
+
+  // Runs rows x [n, d] on the tail's caches: causal, plus the memory blocks of the bidirectional
+  // mask; `write_block` marks the rows from `first_write` on as write memory (they see each other).
+  void run_rows(Tail& t, State& s, View<T> x, Index first_read_rows, Index first_write) const {
+    const Index m = config().memory_tokens, n = x.rows(), before = t.backbone.position();
+    StepMask mask;
+    if (config().memory_mask == MemoryMask::bidirectional && m > 0 && (first_read_rows > 0 || first_write < n)) {
+      const Index keys = before + n;
+      if (t.mask.rank() != 2 || t.mask.rows() != n || t.mask.cols() != keys) t.mask = Tensor<std::uint8_t>({n, keys});
+      for (Index i = 0; i < n; ++i)
+        for (Index j = 0; j < keys; ++j)
+          t.mask(i, j) = std::uint8_t(j <= before + i || (before + i < first_read_rows && j < first_read_rows) ||
+                                      (i >= first_write && j >= before + first_write));
+      mask = {MaskKind::custom, t.mask.view()};
+    }
+    backbone().forward_embeddings(x, t.backbone, mask);
+    s.flops += t.backbone.flops;
+    t.backbone.flops.reset();
+  }
+
+  // The tail of the state: [memory | buffered tokens] on a fresh cache, and the next-token logits
+  // (the previous segment's readout when nothing is buffered).
+  Tail start_tail(State& s, const char* where) const {
+    check(s.model_ == this, where, "state belongs to another model");
+    check(config().layout == Layout::decoder, where, "scoring and generation need the decoder layout (the encoder classifies)");
+    check(s.options_.total_tokens == -1 && config().alignment == Alignment::left, where,
+          "continuing a sequence needs left-aligned segments and no declared total_tokens");
+    check(!s.finished_, where, "the sequence is finished; reset() the state to start another");
+    check(s.pushed_ > 0, where, "push at least one token before scoring or generating a continuation");
+    const Index m = config().memory_tokens, b = Index(s.buffer_.size()), d = cell_.d_model();
+    Tail t;
+    t.backbone = backbone().make_state();
+    t.logits = Tensor<T>({1, backbone().config.vocab_size});
+    if (m + b > 0) {
+      t.x.reshape_rows(m + b, d);
+      View<T> x = t.x.view();
+      copy<T>(s.memory_.view(), x.middle_rows(0, m));
+      backbone().embed_tokens(s.buffer_, x.middle_rows(m, b));
+      run_rows(t, s, x, m, m + b);
+    }
+    if (b > 0) backbone().logits(ConstView<T>(t.x.view()).middle_rows(m + b - 1, 1), t.logits.view(), &s.flops);
+    else copy<T>(s.readout_.view(), t.logits.view());
+    return t;
+  }
+
+  // Appends `token` to the sequence: one row on the tail's cache; a completed segment appends its
+  // write memory, becomes the state's memory and readout, and the tail restarts on the new memory.
+  void advance(Tail& t, State& s, std::int32_t token) const {
+    const Index m = config().memory_tokens, d = cell_.d_model(), seg = config().segment_size;
+    s.buffer_.push_back(token);
+    ++s.pushed_;
+    const bool complete = Index(s.buffer_.size()) == seg;
+    t.x.reshape_rows(complete ? 1 + m : 1, d);
+    View<T> x = t.x.view();
+    backbone().embed_tokens(std::span<const std::int32_t>(&token, 1), x.middle_rows(0, 1));
+    if (complete) copy<T>(s.memory_.view(), x.middle_rows(1, m));
+    run_rows(t, s, x, 0, complete ? 1 : x.rows());
+    backbone().logits(ConstView<T>(x).middle_rows(0, 1), t.logits.view(), &s.flops);
+    if (!complete) return;
+    copy(ConstView<T>(x).middle_rows(1, m), s.memory_.view());
+    if (s.readout_.rank() != 2 || s.readout_.cols() != t.logits.cols()) s.readout_ = Tensor<T>({1, t.logits.cols()});
+    copy<T>(t.logits.view(), s.readout_.view());
+    s.processed_ += seg;
+    ++s.segments_;
+    s.buffer_.clear();
+    s.peak_ = std::max(s.peak_, s.bytes() + s.workspace_bytes() + t.backbone.bytes() + t.backbone.workspace_bytes());
+    t.backbone.reset();
+    if (m > 0) {
+      t.x.reshape_rows(m, d);
+      copy<T>(s.memory_.view(), t.x.view());
+      run_rows(t, s, t.x.view(), m, m);
+    }
+  }
+
   Index next_segment_size(const State& s) const {
     const Index seg = config().segment_size;
     if (s.segments_ == 0 && s.options_.total_tokens > 0) return first_segment_size(s.options_.total_tokens, seg, config().alignment);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <span>
 #include <vector>
 
 #include "engram/rmt/config.hpp"
@@ -35,6 +36,28 @@ inline std::vector<Segment> split(Index n, Index s, Alignment alignment) {
     size = std::min(s, n - begin);
   }
   return out;
+}
+
+/// The streaming loop of the recurrent wrappers: appends `tokens` to the incomplete segment in
+/// `buffer` and calls run(segment) for every segment they complete (next_size() gives the size of
+/// the segment being filled). A whole segment found in `tokens` runs without a copy.
+template <class NextSize, class Run>
+void feed_segments(std::span<const std::int32_t> tokens, std::vector<std::int32_t>& buffer, NextSize&& next_size, Run&& run) {
+  while (!tokens.empty()) {
+    const std::size_t size = std::size_t(next_size());
+    if (buffer.empty() && tokens.size() >= size) {
+      run(tokens.first(size));
+      tokens = tokens.subspan(size);
+      continue;
+    }
+    const std::size_t take = std::min(size - buffer.size(), tokens.size());
+    buffer.insert(buffer.end(), tokens.begin(), tokens.begin() + std::ptrdiff_t(take));
+    tokens = tokens.subspan(take);
+    if (buffer.size() == size) {
+      run(std::span<const std::int32_t>(buffer));
+      buffer.clear();
+    }
+  }
 }
 
 }  // namespace rmt
