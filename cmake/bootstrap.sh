@@ -3,7 +3,8 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ libeigen3-dev libxsimd-dev catch2 libbenchmark-dev libcli11-dev fortunes-min
-  pkg-config libpcre2-dev libicu-dev libsentencepiece-dev bible-kjv)  # second line: the tokenizers component and its benchmark's text
+  pkg-config libpcre2-dev libicu-dev libsentencepiece-dev bible-kjv  # second line: the tokenizers component and its benchmark's text
+  python3-torch)  # the RMT converter's test (official checkpoints generated, converted, compared)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
