@@ -40,26 +40,26 @@ const std::vector<std::string> kBaselines = {"h2o", "knorm", "streaming", "snapk
 
 TEST_CASE("policies inside a decoder: budgets hold, heads stay aligned, the newest token stays", "[policies][decoder]") {
   const auto& m = tiny();
-  const auto tokens = text(100, 17, 3);
+  const auto tokens = text(64, 17, 3);
   for (const std::string& name : kBaselines) {
     INFO(name);
-    const auto p = by_name(name, 24);
+    const auto p = by_name(name, 16);
     auto s = m.make_state(p.get());
-    m.prefill(std::span(tokens).subspan(0, 60), s, {.chunk = 16});
+    m.prefill(std::span(tokens).subspan(0, 40), s, {.chunk = 16});
     const bool once = name == "snapkv" || name == "expected_attention";  // compress once, after the prompt
-    for (LayerCache<float>* c : s.caches()) CHECK(c->max_size() == (once ? 60 : 24));
+    for (LayerCache<float>* c : s.caches()) CHECK(c->max_size() == (once ? 40 : 16));
     s.end_prompt();
     for (LayerCache<float>* c : s.caches())
-      for (Index h = 0; h < c->n_heads(); ++h) CHECK(c->head(h).size() == 24);
-    for (int i = 60; i < 100; ++i) m.decode(tokens[std::size_t(i)], s);
+      for (Index h = 0; h < c->n_heads(); ++h) CHECK(c->head(h).size() == 16);
+    for (int i = 40; i < 64; ++i) m.decode(tokens[std::size_t(i)], s);
     for (LayerCache<float>* c : s.caches())
       for (Index h = 0; h < c->n_heads(); ++h) {
-        CHECK(c->head(h).size() == (once ? 24 + 40 : 24));  // answers are appended uncompressed by the once-policies
+        CHECK(c->head(h).size() == (once ? 16 + 24 : 16));  // answers are appended uncompressed by the once-policies
         const auto pos = c->head(h).positions();
-        CHECK(*std::max_element(pos.begin(), pos.end()) == 99);
+        CHECK(*std::max_element(pos.begin(), pos.end()) == 63);
         CHECK(std::set<std::int64_t>(pos.begin(), pos.end()).size() == pos.size());
       }
-    CHECK(s.position() == 100);
+    CHECK(s.position() == 64);
   }
 }
 
@@ -67,28 +67,29 @@ TEST_CASE("eviction with slot reuse gives the logits and kept sets of order-keep
   // Slot reuse changes the row order of the cache, so attention sums in another order: the logits
   // agree to rounding, the kept tokens exactly.
   const auto& m = tiny();
-  const auto tokens = text(90, 29, 5);
+  const auto tokens = text(56, 29, 5);
   for (const std::string& name : kBaselines) {
     INFO(name);
-    const auto p = by_name(name, 20);
+    const auto p = by_name(name, 12);
     auto reuse = m.make_state(p.get()), compact = m.make_state(p.get());
     for (LayerCache<float>* c : compact.caches()) c->set_slot_reuse(false);
-    const auto a = m.prefill(std::span(tokens).subspan(0, 50), reuse, {.chunk = 8, .all_logits = true});
-    const auto b = m.prefill(std::span(tokens).subspan(0, 50), compact, {.chunk = 8, .all_logits = true});
+    const auto a = m.prefill(std::span(tokens).subspan(0, 32), reuse, {.chunk = 8, .all_logits = true});
+    const auto b = m.prefill(std::span(tokens).subspan(0, 32), compact, {.chunk = 8, .all_logits = true});
     CHECK(test::relative_error<float>(a.view(), b.view()) <= 1e-5);
     reuse.end_prompt(), compact.end_prompt();
     double worst = 0;
-    for (int i = 50; i < 90; ++i) {
+    bool out_of_order = false;
+    for (int i = 32; i < 56; ++i) {
       const auto x = m.decode(tokens[std::size_t(i)], reuse), y = m.decode(tokens[std::size_t(i)], compact);
       worst = std::max(worst, test::relative_error<float>(x.view(), y.view()));
+      const auto pos = reuse.caches()[0]->head(0).positions();
+      out_of_order = out_of_order || !std::is_sorted(pos.begin(), pos.end());
     }
     CHECK(worst <= 1e-5);
     CHECK(kept_sets(reuse) == kept_sets(compact));
-    // The reused cache really is out of position order (otherwise this test would prove nothing).
-    if (name != "snapkv" && name != "expected_attention") {
-      const auto pos = reuse.caches()[0]->head(0).positions();
-      CHECK_FALSE(std::is_sorted(pos.begin(), pos.end()));
-    }
+    // The per-step policies' reused caches really were out of position order (else this test would
+    // prove nothing); the once-policies' single eviction happens to keep the order here.
+    if (name != "snapkv" && name != "expected_attention") CHECK(out_of_order);
   }
 }
 
@@ -100,9 +101,9 @@ TEST_CASE("kept sets do not depend on the prefill chunking, token by token inclu
   // H2O, TOVA and KeyDiff are defined step by step (accumulated attention of queries that saw
   // different caches, the last query's attention, the anchor at each eviction): chunking changes
   // what they keep, by their papers' rules, so they are not in this list.
-  // 64 distinct tokens (the vocabulary has 67): a repeated token would tie with itself in KNorm.
+  // 48 distinct tokens (the vocabulary has 67): a repeated token would tie with itself in KNorm.
   const auto& m = tiny();
-  const auto tokens = text(64, 13, 7);
+  const auto tokens = text(48, 13, 7);
   namm::NammWeights<float> w;
   w.theta = Tensor<float>({namm::BamScorer<float>::kParams});
   std::mt19937 rng(11);
@@ -110,11 +111,11 @@ TEST_CASE("kept sets do not depend on the prefill chunking, token by token inclu
   for (Index i = 0; i < w.theta.numel(); ++i) w.theta[i] = N(rng);
   w.theta[4171] = -10.5f;  // b_s: some scores negative
   w.stats.var.fill(1.0);
-  w.config.n_up = 32;
+  w.config.n_up = 16;
   const std::vector<NamedPolicy<float>> extra = {{"namm", [&](Budget cap) { return w.make_policy(cap); }}};
   for (const std::string name : {"recency", "streaming", "snapkv", "expected_attention", "knorm", "namm"}) {
     INFO(name);
-    const auto p = make_policy<float>(name, name == "namm" ? Budget::none() : Budget::of_tokens(30), extra);
+    const auto p = make_policy<float>(name, name == "namm" ? Budget::none() : Budget::of_tokens(20), extra);
     std::vector<std::vector<std::vector<std::int64_t>>> results;
     for (Index chunk : {Index(0), Index(16), Index(7), Index(1)}) {
       auto s = m.make_state(p.get());
@@ -128,7 +129,7 @@ TEST_CASE("kept sets do not depend on the prefill chunking, token by token inclu
       if (name == "knorm") kept.resize(std::size_t(s.caches()[0]->n_heads()));  // layer 0 only
       results.push_back(std::move(kept));
     }
-    if (name == "namm") CHECK(results[0][0].size() < 64);  // it did evict
+    if (name == "namm") CHECK(results[0][0].size() < 48);  // it did evict
     for (std::size_t r = 1; r < results.size(); ++r) CHECK(results[r] == results[0]);
   }
 }
