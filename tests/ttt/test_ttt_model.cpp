@@ -148,30 +148,49 @@ TEST_CASE("TTT configs: TTTConfig keys and defaults and clear errors", "[ttt][lo
   CHECK(mlp.layer.base_lr == 0.1);
   CHECK(mlp.layer.inner_dim() == 32);
   CHECK(mlp.d_ff == 64);
-  const auto defaults = ttt::config_from_json(json::parse(R"({"model_type":"ttt"})"));
-  CHECK(defaults.layer.d_model == 2048);
-  CHECK(defaults.layer.n_heads == 32);
+  // The shape keys are required (no silent 1.3B default); the behaviour keys take TTTConfig's defaults.
+  const std::string shape = R"("hidden_size":32,"num_attention_heads":4,"num_hidden_layers":2,"intermediate_size":64,"vocab_size":53)";
+  const auto defaults = ttt::config_from_json(json::parse("{" + shape + "}"));
+  CHECK(defaults.layer.d_model == 32);
   CHECK(defaults.layer.mini_batch == 16);
-  CHECK(defaults.d_ff == 5504);
+  CHECK(defaults.layer.kind == ttt::Kind::linear);
+  CHECK(defaults.layer.base_lr == 1.0);
   CHECK(defaults.tie_embeddings);
-  auto error_of = [](const char* text) {
+  auto error_of = [&](const std::string& keys) {  // `keys` override those of the valid shape
     try {
-      (void)ttt::config_from_json(json::parse(text));
+      json::Value cfg = json::parse("{" + shape + "}");
+      for (const auto& [k, v] : json::parse("{" + keys + "}").as_object()) cfg.set(k, v);
+      (void)ttt::config_from_json(cfg);
     } catch (const Error& e) {
       return std::string(e.what());
     }
     return std::string("no error");
   };
-  CHECK(error_of(R"({"model_type":"llama"})").find("not a TTT model") != std::string::npos);
-  CHECK(error_of(R"({"ttt_layer_type":"conv"})").find("ttt_layer_type must be \"linear\" or \"mlp\"") != std::string::npos);
-  CHECK(error_of(R"({"mini_batch_size":0})").find("mini_batch_size must be positive") != std::string::npos);
-  CHECK(error_of(R"({"hidden_size":12,"num_attention_heads":4})").find("head_dim") != std::string::npos);  // d = 3
-  CHECK(error_of(R"({"hidden_size":30,"num_attention_heads":4})").find("multiple of num_attention_heads") != std::string::npos);
-  CHECK(error_of(R"({"hidden_act":"gelu"})").find("hidden_act") != std::string::npos);
-  CHECK(error_of(R"({"ttt_base_lr":-1})").find("ttt_base_lr") != std::string::npos);
-  CHECK(error_of(R"({"pre_conv":true,"conv_kernel":0})").find("conv_kernel") != std::string::npos);
-  CHECK(error_of(R"({"vocab_size":0})").find("vocab_size") != std::string::npos);
-  CHECK(error_of(R"({"mini_batch_size":"16"})").find("mini_batch_size") != std::string::npos);
+  CHECK(error_of("").find("no error") != std::string::npos);
+  for (const char* key : {"hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size"}) {
+    std::string without = shape;
+    const auto at = without.find(std::string("\"") + key + "\"");
+    without.erase(at, without.find(',', at) == std::string::npos ? std::string::npos : without.find(',', at) - at + 1);
+    if (!without.empty() && without.back() == ',') without.pop_back();
+    std::string msg;
+    try {
+      (void)ttt::config_from_json(json::parse("{" + without + "}"));
+    } catch (const Error& e) {
+      msg = e.what();
+    }
+    INFO(key << ": " << msg);
+    CHECK(msg.find(std::string("missing required key \"") + key) != std::string::npos);
+  }
+  CHECK(error_of(R"("model_type":"llama")").find("not a TTT model") != std::string::npos);
+  CHECK(error_of(R"("ttt_layer_type":"conv")").find("ttt_layer_type") != std::string::npos);
+  CHECK(error_of(R"("mini_batch_size":0)").find("mini_batch_size") != std::string::npos);
+  CHECK(error_of(R"("hidden_size":12,"num_attention_heads":4)").find("head_dim") != std::string::npos);  // d = 3
+  CHECK(error_of(R"("hidden_size":30,"num_attention_heads":4)").find("must divide \"hidden_size\"") != std::string::npos);
+  CHECK(error_of(R"("hidden_act":"gelu")").find("hidden_act") != std::string::npos);
+  CHECK(error_of(R"("ttt_base_lr":-1)").find("ttt_base_lr") != std::string::npos);
+  CHECK(error_of(R"("pre_conv":true,"conv_kernel":0)").find("conv_kernel") != std::string::npos);
+  CHECK(error_of(R"("vocab_size":0)").find("vocab_size") != std::string::npos);
+  CHECK(error_of(R"("mini_batch_size":"16")").find("mini_batch_size") != std::string::npos);
   CHECK(error_of(R"([1])").find("expected a JSON object") != std::string::npos);
 }
 

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <limits>
 #include <memory>
 #include <new>
 #include <ostream>
@@ -116,6 +117,7 @@ class Shape {
       check(d >= 0, "Shape", "negative dimension ", d);
       dims_[rank_++] = d;
     }
+    check_count();
   }
   template <class It>
   static Shape from_range(It first, It last) {
@@ -125,6 +127,7 @@ class Shape {
       check(Index(*first) >= 0, "Shape", "negative dimension ", Index(*first));
       s.dims_[s.rank_++] = Index(*first);
     }
+    s.check_count();
     return s;
   }
   int rank() const { return rank_; }
@@ -151,6 +154,14 @@ class Shape {
   }
 
  private:
+  // The element count must be representable, so rows() and numel() never overflow (a shape from a
+  // hostile file or config is an Error here, not a tensor without storage).
+  void check_count() const {
+    Index n = 1;
+    for (int i = 0; i < rank_; ++i)
+      if (__builtin_mul_overflow(n, dims_[i], &n)) fail("Shape", "the element count of ", *this, " overflows a 64-bit index");
+  }
+
   std::array<Index, kMaxRank> dims_{};
   int rank_ = 0;
 };
@@ -188,7 +199,7 @@ class Tensor {
     out.shape_ = shape_;
     out.stride_ = stride_;
     out.capacity_rows_ = shape_.rows();
-    out.data_ = allocate_storage(out.capacity_rows_ * stride_);
+    out.data_ = allocate_storage(out.capacity_rows_, stride_);
     if (numel() > 0) std::memcpy(out.data_.get(), data_.get(), sizeof(T) * std::size_t(shape_.rows() * stride_));
     return out;
   }
@@ -298,20 +309,37 @@ class Tensor {
   }
   T* row_ptr(Index r) { return data_.get() + r * stride_; }
 
-  static std::unique_ptr<T[], detail::AlignedDelete> allocate_storage(Index n) {
+  // Zeroed storage for `rows` rows of `stride` elements. A byte count that overflows, or that the
+  // allocator refuses, is an Error naming the size (never a tensor without storage, nor bad_alloc).
+  static std::unique_ptr<T[], detail::AlignedDelete> allocate_storage(Index rows, Index stride) {
+    Index n = 0;
+    std::size_t bytes = 0;
+    if (__builtin_mul_overflow(rows, stride, &n) || __builtin_mul_overflow(std::size_t(std::max<Index>(n, 0)), sizeof(T), &bytes) ||
+        bytes > std::size_t(std::numeric_limits<Index>::max()))
+      fail("Tensor", "storage for ", rows, " rows of ", stride, " elements of ", sizeof(T), " bytes overflows");
     if (n <= 0) return nullptr;
-    void* p = ::operator new(sizeof(T) * std::size_t(n), std::align_val_t(kAlignment));
-    std::memset(p, 0, sizeof(T) * std::size_t(n));
+    void* p = nullptr;
+    try {
+      p = ::operator new(bytes, std::align_val_t(kAlignment));
+    } catch (const std::bad_alloc&) {
+      fail("Tensor", "cannot allocate ", bytes, " bytes (", rows, " rows of ", stride, " elements): out of memory");
+    }
+    std::memset(p, 0, bytes);
     return std::unique_ptr<T[], detail::AlignedDelete>(static_cast<T*>(p));
   }
+  static Index checked_stride(Index cols) {
+    check(cols <= std::numeric_limits<Index>::max() - kPadElems<T>, "Tensor", "a row of ", cols, " elements overflows");
+    return padded_cols<T>(cols);
+  }
   void allocate(const Shape& shape) {
+    auto storage = allocate_storage(shape.rows(), checked_stride(shape.cols()));
     shape_ = shape;
     stride_ = padded_cols<T>(shape.cols());
     capacity_rows_ = shape.rows();
-    data_ = allocate_storage(capacity_rows_ * stride_);
+    data_ = std::move(storage);
   }
   void reallocate(Index capacity_rows) {
-    auto fresh = allocate_storage(capacity_rows * stride_);
+    auto fresh = allocate_storage(capacity_rows, stride_);
     const Index keep = std::min(rows(), capacity_rows);
     if (keep > 0) std::memcpy(static_cast<void*>(fresh.get()), data_.get(), sizeof(T) * std::size_t(keep * stride_));
     data_ = std::move(fresh);

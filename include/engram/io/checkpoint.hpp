@@ -1,25 +1,21 @@
 // A checkpoint: one safetensors file, or a sharded set described by model.safetensors.index.json.
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "engram/io/file.hpp"
 #include "engram/io/safetensors.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
 
-/// Reads the whole of a text file; throws Error naming the path.
-inline std::string read_text_file(const std::filesystem::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  check(bool(f), path.string(), "cannot open file");
-  std::ostringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+/// Reads the whole of a text file; throws Error naming the path (also for anything that is not a
+/// regular file: a FIFO, a device or a directory is refused before it is opened).
+inline std::string read_text_file(const std::filesystem::path& path) { return io::ReadFile(path).read_all(); }
 
 /// Parses a JSON file.
 inline json::Value read_json_file(const std::filesystem::path& path) {
@@ -32,23 +28,35 @@ class Checkpoint {
   /// `path` is a .safetensors file, or a directory holding model.safetensors or a sharded
   /// model.safetensors.index.json with its shards.
   static Checkpoint open(const std::filesystem::path& path) {
-    namespace fs = std::filesystem;
     Checkpoint c;
-    if (fs::is_regular_file(path)) {
+    const io::PathKind kind = io::path_kind(path);
+    check(kind.error.empty(), path.string(), "cannot use this checkpoint path: ", kind.error);
+    if (kind.regular()) {
       c.add_file(path);
-    } else if (fs::is_directory(path)) {
-      const fs::path index = path / "model.safetensors.index.json";
-      if (fs::exists(index)) {
+    } else if (kind.directory()) {
+      const std::filesystem::path index = path / "model.safetensors.index.json";
+      const io::PathKind index_kind = io::path_kind(index);
+      if (index_kind.exists() || !index_kind.error.empty()) {
         c.open_index(path, index);
       } else {
-        check(fs::exists(path / "model.safetensors"), path.string(),
+        const io::PathKind single = io::path_kind(path / "model.safetensors");
+        check(single.exists() || !single.error.empty(), path.string(),
               "no model.safetensors or model.safetensors.index.json in this directory");
-        c.add_file(path / "model.safetensors");
+        c.add_file(path / "model.safetensors");  // checks that it is a regular file
       }
     } else {
-      fail(path.string(), "no such file or directory");
+      check(kind.exists(), path.string(), "no such file or directory");
+      fail(path.string(), "the checkpoint is ", io::type_name(kind.type), ", expected a .safetensors file or a directory");
     }
     return c;
+  }
+
+  /// Elements over every tensor of the checkpoint (what a model built from a matching config can at most need).
+  std::uint64_t total_elements() const {
+    std::uint64_t n = 0;
+    for (const auto& f : files_)
+      for (const auto& t : f.tensors()) n += std::uint64_t(t.numel());
+    return n;
   }
 
   bool contains(const std::string& name) const { return where_.count(name) > 0; }

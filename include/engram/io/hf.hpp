@@ -2,8 +2,10 @@
 // loading a Decoder from a directory of config.json + safetensors with HF tensor names.
 #pragma once
 
+#include <cmath>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -11,6 +13,8 @@
 #include <vector>
 
 #include "engram/io/checkpoint.hpp"
+#include "engram/io/config_reader.hpp"
+#include "engram/io/memory_budget.hpp"
 #include "engram/nn/classifier.hpp"
 #include "engram/nn/decoder.hpp"
 
@@ -18,26 +22,6 @@ ENGRAM_NAMESPACE_BEGIN
 namespace hf {
 
 namespace detail {
-inline Index get_int(const json::Value& cfg, const char* key, std::optional<Index> fallback = std::nullopt) {
-  const json::Value* v = cfg.find(key);
-  if (!v || v->is_null()) {
-    check(fallback.has_value(), "config.json", "missing required key \"", key, "\"");
-    return *fallback;
-  }
-  return Index(v->as_integer(std::string("\"") + key + "\""));
-}
-inline double get_num(const json::Value& cfg, const char* key, double fallback) {
-  const json::Value* v = cfg.find(key);
-  return (!v || v->is_null()) ? fallback : v->as_number(std::string("\"") + key + "\"");
-}
-inline bool get_bool(const json::Value& cfg, const char* key, bool fallback) {
-  const json::Value* v = cfg.find(key);
-  return (!v || v->is_null()) ? fallback : v->as_bool(std::string("\"") + key + "\"");
-}
-inline std::string get_str(const json::Value& cfg, const char* key, std::string fallback) {
-  const json::Value* v = cfg.find(key);
-  return (!v || v->is_null()) ? fallback : v->as_string(std::string("\"") + key + "\"");
-}
 inline Activation activation(const std::string& name) {
   if (name == "silu" || name == "swish") return Activation::silu;
   if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") return Activation::gelu_tanh;
@@ -45,80 +29,114 @@ inline Activation activation(const std::string& name) {
   if (name == "relu") return Activation::relu;
   fail("config.json", "unsupported activation \"", name, "\" (expected silu, gelu, gelu_new, gelu_pytorch_tanh or relu)");
 }
-inline RopeScaling rope_scaling(const json::Value& cfg) {
+inline RopeScaling rope_scaling(const io::ConfigReader& cfg) {
   RopeScaling s;
-  const json::Value* v = cfg.find("rope_scaling");
-  if (!v || v->is_null()) return s;
-  check(v->is_object(), "config.json", "\"rope_scaling\" must be an object or null");
-  const std::string type = get_str(*v, "rope_type", get_str(*v, "type", ""));
-  s.factor = get_num(*v, "factor", 1.0);
-  check(s.factor > 0, "config.json", "rope_scaling factor must be positive, got ", s.factor);
+  if (!cfg.has("rope_scaling")) return s;
+  const io::ConfigReader r = cfg.object("rope_scaling");
+  const std::string type = r.has("rope_type") ? r.string("rope_type") : r.string("type", "");
+  constexpr double kMaxFactor = 1e6;  // context multipliers beyond a million are not a model, they are a typo
+  s.factor = r.number("factor", 0.0, kMaxFactor, 1.0, /*lo_open=*/true);
   if (type == "linear") {
     s.kind = RopeScaling::Kind::linear;
   } else if (type == "llama3") {
     s.kind = RopeScaling::Kind::llama3;
-    s.low_freq_factor = get_num(*v, "low_freq_factor", 1.0);
-    s.high_freq_factor = get_num(*v, "high_freq_factor", 4.0);
-    s.original_max_positions = get_num(*v, "original_max_position_embeddings", 8192.0);
+    s.low_freq_factor = r.number("low_freq_factor", 0.0, kMaxFactor, 1.0, true);
+    s.high_freq_factor = r.number("high_freq_factor", 0.0, kMaxFactor, 4.0, true);
+    if (!(s.high_freq_factor > s.low_freq_factor)) r.bad("high_freq_factor", "must be greater than low_freq_factor");
+    s.original_max_positions = double(r.integer("original_max_position_embeddings", 1, std::numeric_limits<std::int32_t>::max(), 8192));
   } else if (type == "ntk") {
     s.kind = RopeScaling::Kind::ntk;
-    s.alpha = get_num(*v, "alpha", 1.0);
+    s.alpha = r.number("alpha", 0.0, kMaxFactor, 1.0, true);
+    if (!(s.alpha * s.factor - (s.alpha - 1.0) > 0)) r.bad("alpha", "alpha * factor - (alpha - 1) must be positive (the NTK base)");
   } else if (type == "default") {
     s.kind = RopeScaling::Kind::none;
   } else {
-    fail("config.json", "rope_scaling type \"", type, "\" is not supported (supported: linear, llama3, ntk = static NTK with "
+    fail(cfg.source(), "rope_scaling type \"", type, "\" is not supported (supported: linear, llama3, ntk = static NTK with "
          "factor and alpha); dynamic NTK, whose frequencies change with the sequence length, is not supported");
   }
   return s;
 }
+
+// Bounds of the config keys (see ModelConfig::validate for why these suffice).
+inline constexpr Index kMaxDim = ModelConfig::kMaxDim;
+inline constexpr Index kMaxVocab = std::numeric_limits<std::int32_t>::max();  // token ids are int32
+inline constexpr Index kMaxPositions = std::numeric_limits<std::int32_t>::max();
+
+// A head count that must divide a width (when head_dim is implied by it).
+inline void check_divides(const io::ConfigReader& r, const char* heads_key, Index heads, const char* width_key, Index width) {
+  if (width % heads != 0)
+    r.bad(heads_key, std::string("must divide \"") + width_key + "\" = " + std::to_string(width));
+}
 }  // namespace detail
 
-/// ModelConfig from a parsed config.json (model_type llama, mistral, qwen2, gpt2 or bert).
-inline ModelConfig config_from_json(const json::Value& cfg) {
+/// ModelConfig from a parsed config.json (model_type llama, mistral, qwen2, gpt2 or bert). Every key
+/// is checked as it is read (type, range, divisibility); an Error names `source`, the key, the value
+/// and what was expected. Nothing is allocated here.
+inline ModelConfig config_from_json(const json::Value& cfg, const std::string& source = "config.json") {
   using namespace detail;
-  check(cfg.is_object(), "config.json", "expected a JSON object");
-  const std::string type = get_str(cfg, "model_type", "");
+  const io::ConfigReader r(cfg, source);
+  const std::string type = r.string("model_type", std::string(""));
   ModelConfig c;
+  auto act = [&](const char* key, const char* fallback) {
+    return activation(r.string(key, std::string(fallback), {"silu", "swish", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu"}));
+  };
   if (type == "llama" || type == "mistral" || type == "qwen2") {
-    const Index d = get_int(cfg, "hidden_size"), heads = get_int(cfg, "num_attention_heads");
-    c = ModelConfig::llama(get_int(cfg, "vocab_size"), d, get_int(cfg, "num_hidden_layers"), heads,
-                           get_int(cfg, "num_key_value_heads", heads), get_int(cfg, "intermediate_size"));
+    const Index d = r.integer("hidden_size", 1, kMaxDim), heads = r.integer("num_attention_heads", 1, kMaxDim);
+    const Index kv = r.integer("num_key_value_heads", 1, heads, heads);
+    if (heads % kv != 0) r.bad("num_key_value_heads", "must divide \"num_attention_heads\" = " + std::to_string(heads));
+    if (!r.has("head_dim")) check_divides(r, "num_attention_heads", heads, "hidden_size", d);
+    c = ModelConfig::llama(r.integer("vocab_size", 1, kMaxVocab), d, r.integer("num_hidden_layers", 0, kMaxDim), heads, kv,
+                           r.integer("intermediate_size", 1, 16 * kMaxDim));
     c.architecture = type;
-    check(heads > 0, "config.json", "num_attention_heads must be positive");
-    c.head_dim = get_int(cfg, "head_dim", d / heads);
-    c.norm_eps = get_num(cfg, "rms_norm_eps", 1e-6);
-    c.rope_theta = get_num(cfg, "rope_theta", 10000.0);
-    c.rope_scaling = rope_scaling(cfg);
-    c.max_positions = get_int(cfg, "max_position_embeddings", 4096);
-    c.tie_embeddings = get_bool(cfg, "tie_word_embeddings", false);
-    c.activation = activation(get_str(cfg, "hidden_act", "silu"));
-    c.qkv_bias = get_bool(cfg, "attention_bias", type == "qwen2");
-    c.out_bias = get_bool(cfg, "attention_bias", false);
-    c.mlp_bias = get_bool(cfg, "mlp_bias", false);
-    const json::Value* window = cfg.find("sliding_window");
-    const bool windowed = window && !window->is_null() && get_bool(cfg, "use_sliding_window", type != "qwen2") &&
-                          Index(window->as_number("\"sliding_window\"")) < c.max_positions;
-    check(!windowed, "config.json", "sliding-window attention is not supported");
+    c.head_dim = r.integer("head_dim", 1, kMaxDim, d / heads);
+    if (c.head_dim % 2 != 0) r.bad(r.has("head_dim") ? "head_dim" : "num_attention_heads", "RoPE needs an even head_dim, got " + std::to_string(c.head_dim));
+    c.norm_eps = r.number("rms_norm_eps", 0.0, 1.0, 1e-6, true);
+    c.rope_theta = r.number("rope_theta", 0.0, 1e15, 10000.0, true);
+    c.rope_scaling = rope_scaling(r);
+    if (c.rope_scaling.kind == RopeScaling::Kind::ntk && c.head_dim <= 2) r.bad("head_dim", "NTK scaling needs head_dim > 2");
+    c.max_positions = r.integer("max_position_embeddings", 1, kMaxPositions, 4096);
+    c.tie_embeddings = r.boolean("tie_word_embeddings", false);
+    c.activation = act("hidden_act", "silu");
+    c.qkv_bias = r.boolean("attention_bias", type == "qwen2");
+    c.out_bias = r.boolean("attention_bias", false);
+    c.mlp_bias = r.boolean("mlp_bias", false);
+    // Mistral's window (Qwen2 only with use_sliding_window); a window covering every position is full attention.
+    if (r.has("sliding_window") && r.boolean("use_sliding_window", type != "qwen2")) {
+      const Index window = r.integer("sliding_window", 1, std::numeric_limits<std::int64_t>::max());
+      c.sliding_window = window < c.max_positions ? window : 0;
+    }
   } else if (type == "gpt2") {
-    c = ModelConfig::gpt2(get_int(cfg, "vocab_size"), get_int(cfg, "n_embd"), get_int(cfg, "n_layer"), get_int(cfg, "n_head"),
-                          get_int(cfg, "n_positions", 1024));
-    c.d_ff = get_int(cfg, "n_inner", 4 * c.d_model);
-    c.norm_eps = get_num(cfg, "layer_norm_epsilon", 1e-5);
-    c.activation = activation(get_str(cfg, "activation_function", "gelu_new"));
-    c.tie_embeddings = get_bool(cfg, "tie_word_embeddings", true);
+    const Index d = r.integer("n_embd", 1, kMaxDim), heads = r.integer("n_head", 1, kMaxDim);
+    check_divides(r, "n_head", heads, "n_embd", d);
+    c = ModelConfig::gpt2(r.integer("vocab_size", 1, kMaxVocab), d, r.integer("n_layer", 0, kMaxDim), heads,
+                          r.integer("n_positions", 1, kMaxPositions, 1024));
+    c.d_ff = r.integer("n_inner", 1, 16 * kMaxDim, 4 * c.d_model);
+    c.norm_eps = r.number("layer_norm_epsilon", 0.0, 1.0, 1e-5, true);
+    c.activation = act("activation_function", "gelu_new");
+    c.tie_embeddings = r.boolean("tie_word_embeddings", true);
   } else if (type == "bert") {
-    c = ModelConfig::bert(get_int(cfg, "vocab_size"), get_int(cfg, "hidden_size"), get_int(cfg, "num_hidden_layers"),
-                          get_int(cfg, "num_attention_heads"), get_int(cfg, "intermediate_size"),
-                          get_int(cfg, "max_position_embeddings", 512));
-    c.norm_eps = get_num(cfg, "layer_norm_eps", 1e-12);
-    c.activation = activation(get_str(cfg, "hidden_act", "gelu"));
-    c.type_vocab_size = get_int(cfg, "type_vocab_size", 2);
+    const Index d = r.integer("hidden_size", 1, kMaxDim), heads = r.integer("num_attention_heads", 1, kMaxDim);
+    check_divides(r, "num_attention_heads", heads, "hidden_size", d);
+    c = ModelConfig::bert(r.integer("vocab_size", 1, kMaxVocab), d, r.integer("num_hidden_layers", 0, kMaxDim), heads,
+                          r.integer("intermediate_size", 1, 16 * kMaxDim), r.integer("max_position_embeddings", 1, kMaxPositions, 512));
+    c.norm_eps = r.number("layer_norm_eps", 0.0, 1.0, 1e-12, true);
+    c.activation = act("hidden_act", "gelu");
+    c.type_vocab_size = r.integer("type_vocab_size", 0, kMaxDim, 2);
   } else {
-    fail("config.json", "unsupported model_type \"", type, "\" (supported: llama, mistral, qwen2, gpt2, bert; TTT models load through engram/ttt)");
+    fail(source, "unsupported model_type \"", type, "\" (supported: llama, mistral, qwen2, gpt2, bert; TTT models load through engram/ttt)");
   }
-  check(c.n_heads > 0 && c.d_model > 0, "config.json", "hidden size and head count must be positive");
-  c.validate();
+  try {
+    c.validate();
+  } catch (const Error& e) {  // every key is checked above; this is the last word on combinations
+    fail(source, e.what());
+  }
   return c;
+}
+
+/// The size budget of the model `c` describes: its weights (as T) and one token of its KV cache.
+template <class T>
+io::ModelSize model_size(const ModelConfig& c) {
+  return {c.weight_elements(), sizeof(T), c.kv_bytes_per_token(sizeof(T))};
 }
 
 /// Binds checkpoint tensors to destinations, collecting every problem (missing, mis-shaped,
@@ -137,6 +155,7 @@ class WeightBinder {
   void rows_into(const std::string& name, std::vector<std::int64_t> shape, Tensor<T>& dst, Index row0 = 0, bool transpose = false) {
     if (!fetch(name, shape)) return;
     const Tensor<T> t = ck_.template read<T>(name);
+    if (!finite(name, t)) return;
     if (shape.size() == 1) {
       if (dst.rank() == 1) std::copy_n(t.data(), t.numel(), dst.data() + row0);
       else std::copy_n(t.data(), t.numel(), dst.row(row0));
@@ -176,6 +195,23 @@ class WeightBinder {
     for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
     return out + "]";
   }
+  // Every weight is finite (NaN/Inf policy: checked once, at load): a problem otherwise.
+  bool finite(const std::string& name, const Tensor<T>& t) {
+    for (Index r = 0; r < t.rows(); ++r) {
+      const T* row = t.row(r);
+      bool ok = true;
+      for (Index c = 0; c < t.cols(); ++c) ok &= std::isfinite(row[c]);
+      if (ok) continue;
+      for (Index c = 0; c < t.cols(); ++c)
+        if (!std::isfinite(row[c])) {
+          std::ostringstream at;
+          at << "tensor " << name << " holds a non-finite value (" << row[c] << ") at element " << r * t.cols() + c;
+          problems_.push_back(at.str());
+          return false;
+        }
+    }
+    return true;
+  }
   bool fetch(const std::string& name, const std::vector<std::int64_t>& shape) {
     if (!ck_.contains(name)) {
       problems_.push_back("missing tensor " + name + " " + shape_str(shape));
@@ -207,8 +243,10 @@ inline bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-template <class T>
-void bind_llama(WeightBinder<T>& b, Decoder<T>& m) {
+// The bind_* functions name every tensor of an architecture once, for both directions: with a
+// WeightBinder they load a checkpoint, with hf::WeightExporter (io/hf_save.hpp) they write one.
+template <class T, class Binder>
+void bind_llama(Binder& b, Decoder<T>& m) {
   const ModelConfig& c = m.config;
   const std::int64_t C = c.d_model, H = c.n_heads, K = c.n_kv_heads, D = c.head_dim, F = c.d_ff;
   b.rows_into("model.embed_tokens.weight", {c.vocab_size, C}, m.embed.weight);
@@ -242,14 +280,14 @@ void bind_llama(WeightBinder<T>& b, Decoder<T>& m) {
   b.ignore_if([&](const std::string& n) { return ends_with(n, "rotary_emb.inv_freq") || (c.tie_embeddings && n == "lm_head.weight"); });
 }
 
-template <class T>
-void bind_norm(WeightBinder<T>& b, const std::string& p, std::int64_t C, Norm<T>& n) {
+template <class T, class Binder>
+void bind_norm(Binder& b, const std::string& p, std::int64_t C, Norm<T>& n) {
   b.rows_into(p + ".weight", {C}, n.weight);
   b.rows_into(p + ".bias", {C}, n.bias);
 }
 
-template <class T>
-void bind_gpt2(WeightBinder<T>& b, Decoder<T>& m, const std::string& p) {
+template <class T, class Binder>
+void bind_gpt2(Binder& b, Decoder<T>& m, const std::string& p) {
   const ModelConfig& c = m.config;
   const std::int64_t C = c.d_model, F = c.d_ff;
   b.rows_into(p + "wte.weight", {c.vocab_size, C}, m.embed.weight);
@@ -273,9 +311,8 @@ void bind_gpt2(WeightBinder<T>& b, Decoder<T>& m, const std::string& p) {
   b.ignore_if([](const std::string& n) { return ends_with(n, ".attn.bias") || ends_with(n, ".attn.masked_bias") || n == "lm_head.weight"; });
 }
 
-template <class T>
-void bind_bert(WeightBinder<T>& b, Model<T>& model, const std::string& p) {
-  Decoder<T>& m = model.decoder;
+template <class T, class Binder>
+void bind_bert(Binder& b, Decoder<T>& m, SequenceClassifier<T>& classifier, const std::string& p) {
   const ModelConfig& c = m.config;
   const std::int64_t C = c.d_model, F = c.d_ff;
   b.rows_into(p + "embeddings.word_embeddings.weight", {c.vocab_size, C}, m.embed.weight);
@@ -302,12 +339,14 @@ void bind_bert(WeightBinder<T>& b, Model<T>& model, const std::string& p) {
   }
   if (b.has("classifier.weight")) {
     const std::int64_t labels = b.shape_of("classifier.weight").at(0);
-    model.classifier.pooler = Linear<T>(C, C, true);
-    model.classifier.classifier = Linear<T>(C, labels, true);
-    b.rows_into(p + "pooler.dense.weight", {C, C}, model.classifier.pooler.weight);
-    b.rows_into(p + "pooler.dense.bias", {C}, model.classifier.pooler.bias);
-    b.rows_into("classifier.weight", {labels, C}, model.classifier.classifier.weight);
-    b.rows_into("classifier.bias", {labels}, model.classifier.classifier.bias);
+    if (classifier.empty()) {  // loading: allocate the head the checkpoint has
+      classifier.pooler = Linear<T>(C, C, true);
+      classifier.classifier = Linear<T>(C, labels, true);
+    }
+    b.rows_into(p + "pooler.dense.weight", {C, C}, classifier.pooler.weight);
+    b.rows_into(p + "pooler.dense.bias", {C}, classifier.pooler.bias);
+    b.rows_into("classifier.weight", {labels, C}, classifier.classifier.weight);
+    b.rows_into("classifier.bias", {labels}, classifier.classifier.bias);
   }
   // A bare encoder checkpoint may carry a pooler without a classifier: not needed, ignored.
   const bool has_classifier = b.has("classifier.weight");
@@ -322,23 +361,34 @@ void bind_bert(WeightBinder<T>& b, Model<T>& model, const std::string& p) {
 template <class T>
 using ExtraTensors = std::function<void(WeightBinder<T>&, Model<T>&)>;
 
-/// Loads config.json and the safetensors weights (single file or sharded) of a Llama-family,
-/// GPT-2 or BERT checkpoint directory. Weights in F32, F16 or BF16 are converted to T. A
-/// checkpoint whose tensors do not match the config throws one Error that names every missing,
-/// unexpected or mis-shaped tensor. `extra` (optional) binds tensors beyond the architecture's.
+/// What load_model(dir) below does after reading the directory: `cfg` is its parsed config.json, `ck` its
+/// open checkpoint, `source` its name in errors (config errors name source/config.json). The config
+/// is validated and the size budget checked before anything is allocated.
 template <class T>
-Model<T> load_model(const std::filesystem::path& dir, const ExtraTensors<T>& extra = {}) {
-  const json::Value cfg = read_json_file(dir / "config.json");
-  Model<T> model{Decoder<T>::create(config_from_json(cfg)), {}};
-  const Checkpoint ck = Checkpoint::open(dir);
-  WeightBinder<T> b(ck, dir.string());
+Model<T> load_model(const json::Value& cfg, const Checkpoint& ck, const std::string& source, const ExtraTensors<T>& extra = {}) {
+  const std::string config_source = (std::filesystem::path(source) / "config.json").string();
+  const ModelConfig config = config_from_json(cfg, config_source);
+  io::check_model_size(model_size<T>(config), &ck, config_source);
+  Model<T> model{Decoder<T>::create(config), {}};
+  WeightBinder<T> b(ck, source);
   const std::string& arch = model.decoder.config.architecture;
   if (arch == "gpt2") detail::bind_gpt2(b, model.decoder, ck.contains("transformer.wte.weight") ? "transformer." : "");
-  else if (arch == "bert") detail::bind_bert(b, model, ck.contains("bert.embeddings.word_embeddings.weight") ? "bert." : "");
+  else if (arch == "bert") detail::bind_bert(b, model.decoder, model.classifier, ck.contains("bert.embeddings.word_embeddings.weight") ? "bert." : "");
   else detail::bind_llama(b, model.decoder);
   if (extra) extra(b, model);
   b.finish();
   return model;
+}
+
+/// Loads config.json and the safetensors weights (single file or sharded) of a Llama-family,
+/// GPT-2 or BERT checkpoint directory. Weights in F32, F16 or BF16 are converted to T. A
+/// checkpoint whose tensors do not match the config throws one Error that names every missing,
+/// unexpected or mis-shaped tensor (or non-finite: every weight is checked). `extra` (optional)
+/// binds tensors beyond the architecture's.
+template <class T>
+Model<T> load_model(const std::filesystem::path& dir, const ExtraTensors<T>& extra = {}) {
+  const json::Value cfg = read_json_file(dir / "config.json");
+  return load_model<T>(cfg, Checkpoint::open(dir), dir.string(), extra);
 }
 
 /// load_model(dir).decoder.

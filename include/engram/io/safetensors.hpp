@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "engram/core/tensor.hpp"
+#include "engram/io/file.hpp"
 #include "engram/io/json.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
@@ -120,22 +121,13 @@ class Bytes {
  public:
   static std::shared_ptr<Bytes> map_file(const std::string& path) {
     auto b = std::make_shared<Bytes>();
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    check(fd >= 0, path, "cannot open file: ", std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      ::close(fd);
-      fail(path, "cannot stat file");
-    }
-    b->size_ = std::size_t(st.st_size);
+    const io::ReadFile file(path, "safetensors file");  // regular files only: a FIFO or a device never blocks here
+    b->size_ = file.size();
     if (b->size_ > 0) {
-      void* p = ::mmap(nullptr, b->size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      ::close(fd);
+      void* p = ::mmap(nullptr, b->size_, PROT_READ, MAP_PRIVATE, file.fd(), 0);
       check(p != MAP_FAILED, path, "mmap failed: ", std::strerror(errno));
       b->data_ = static_cast<const unsigned char*>(p);
       b->mapped_ = true;
-    } else {
-      ::close(fd);
     }
     return b;
   }
@@ -402,6 +394,9 @@ class Writer {
 
   void write(const std::string& path) const {
     const auto b = bytes();
+    const io::PathKind kind = io::path_kind(path);  // never open a FIFO or a device for writing: it could block
+    check(kind.error.empty(), path, "cannot write here: ", kind.error);
+    check(!kind.exists() || kind.regular(), path, "is ", io::type_name(kind.type), ", expected a regular file to write");
     std::ofstream f(path, std::ios::binary | std::ios::trunc);
     check(bool(f), path, "cannot open for writing");
     f.write(reinterpret_cast<const char*>(b.data()), std::streamsize(b.size()));

@@ -2,6 +2,7 @@
 // metadata) as written by examples/convert_namm_checkpoint.py from an evo-memory ckpt.pt.
 #pragma once
 
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,7 +42,10 @@ NammWeights<T> load_namm(const std::string& path) {
     check(t.numel() == expected, path, name, " has ", t.numel(), " values, expected ", expected);
     std::vector<double> v;
     for (Index r = 0; r < t.rows(); ++r)
-      for (Index c = 0; c < t.cols(); ++c) v.push_back(t(r, c));
+      for (Index c = 0; c < t.cols(); ++c) {
+        check(std::isfinite(t(r, c)), path, name, " holds a non-finite value (", t(r, c), ") at element ", v.size());
+        v.push_back(t(r, c));
+      }
     return v;
   };
   const auto theta = flat("theta", BamScorer<T>::kParams);
@@ -50,6 +54,7 @@ NammWeights<T> load_namm(const std::string& path) {
   const auto mu = flat("mu", NammConfig::kBins), var = flat("var", NammConfig::kBins);
   for (Index i = 0; i < NammConfig::kBins; ++i) {
     w.stats.mean[std::size_t(i)] = mu[std::size_t(i)];
+    check(var[std::size_t(i)] >= 0, path, "var holds a negative variance (", var[std::size_t(i)], ") at element ", i);
     w.stats.var[std::size_t(i)] = var[std::size_t(i)];
   }
   w.stats.count = 1;
@@ -57,18 +62,29 @@ NammWeights<T> load_namm(const std::string& path) {
   auto number = [&](const char* key, double fallback) {
     auto it = meta.find(key);
     if (it == meta.end()) return fallback;
+    double v = 0;
+    std::size_t used = 0;
     try {
-      return std::stod(it->second);
-    } catch (...) {
-      fail(path, "metadata \"", key, "\" is not a number: \"", it->second, "\"");
+      v = std::stod(it->second, &used);
+    } catch (const std::exception&) {
+      used = 0;
     }
+    check(used > 0 && used == it->second.size() && std::isfinite(v), path, "metadata \"", key, "\" is not a finite number: \"",
+          it->second, "\"");
+    return v;
   };
-  w.config.n_up = Index(number("n_up", double(w.config.n_up)));
+  const double n_up = number("n_up", double(w.config.n_up));
+  check(n_up >= 1 && n_up <= double(1 << 24) && n_up == std::floor(n_up), path, "metadata \"n_up\" must be an integer in [1, 2^24], got ", n_up);
+  w.config.n_up = Index(n_up);
   w.config.gamma = number("gamma", w.config.gamma);
   w.config.max_freq = number("max_freq", w.config.max_freq);
   check(number("n_fft", 32) == 32 && number("hop", 16) == 16 && number("hidden", 32) == 32, path,
         "only n_fft 32, hop 16 and hidden 32 (the official architecture) are supported");
-  w.config.validate();
+  try {
+    w.config.validate();
+  } catch (const Error& e) {
+    fail(path, e.what());
+  }
   return w;
 }
 

@@ -73,11 +73,18 @@ struct Config {
   /// First row of the memory the segment writes (the next memory).
   Index write_row(Index s) const { return layout == Layout::decoder ? memory_tokens + s : 1; }
 
+  /// Bounds validate() enforces: far beyond the papers (m <= 128, s <= 4096), small enough that a
+  /// segment's layout s + 2m and its buffers never overflow.
+  static constexpr Index kMaxMemoryTokens = Index(1) << 16;
+  static constexpr Index kMaxSegment = Index(1) << 24;
+
   /// Throws Error naming the first value that does not fit `backbone`.
   void validate(const ModelConfig& backbone) const {
     const char* where = "rmt::Config";
-    check(memory_tokens >= 0, where, "memory_tokens must be >= 0, got ", memory_tokens);
-    check(segment_size >= 1, where, "segment_size must be >= 1, got ", segment_size);
+    check(memory_tokens >= 0 && memory_tokens <= kMaxMemoryTokens, where, "memory_tokens must be in [0, ", kMaxMemoryTokens,
+          "], got ", memory_tokens);
+    check(segment_size >= 1 && segment_size <= kMaxSegment, where, "segment_size must be in [1, ", kMaxSegment, "], got ",
+          segment_size);
     if (layout == Layout::decoder) {
       check(backbone.causal, where, "the decoder layout needs a causal backbone, got a bidirectional ", backbone.architecture);
       // RoPE has no table to run out of; learned positions must cover one segment's layout.
@@ -86,6 +93,10 @@ struct Config {
               memory_tokens, " = ", rows(segment_size), " exceeds the backbone's max positions ", backbone.max_positions);
     } else {
       check(!backbone.causal, where, "the encoder layout needs a bidirectional backbone, got a causal ", backbone.architecture);
+      check(input_size >= 1 && input_size <= kMaxSegment, where, "input_size must be in [1, ", kMaxSegment, "], got ", input_size);
+      check(memory_tokens <= backbone.vocab_size, where, "memory_tokens ", memory_tokens,
+            " exceeds the vocabulary (the encoder layout's memory is the last memory_tokens embedding rows), vocab_size ",
+            backbone.vocab_size);
       check(memory_mask == MemoryMask::causal, where,
             "memory_mask bidirectional applies to the decoder layout (the encoder is bidirectional already)");
       check(segment_size == input_size - memory_tokens - 3, where, "segment_size must be input_size - memory_tokens - 3 = ",

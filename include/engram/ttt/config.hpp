@@ -55,19 +55,25 @@ struct Config {
     return c;
   }
 
+  /// Largest width, head count or mini-batch validate() accepts: far beyond any real model, small
+  /// enough that the weight count of a layer cannot overflow.
+  static constexpr Index kMaxDim = Index(1) << 20;
+
   /// Throws Error naming the first value out of range.
   void validate() const {
     const char* where = "ttt::Config";
-    check(d_model > 0, where, "hidden_size must be positive, got ", d_model);
-    check(n_heads > 0, where, "num_attention_heads must be positive, got ", n_heads);
+    check(d_model > 0 && d_model <= kMaxDim, where, "hidden_size must be in [1, ", kMaxDim, "], got ", d_model);
+    check(n_heads > 0 && n_heads <= d_model, where, "num_attention_heads must be in [1, hidden_size = ", d_model, "], got ", n_heads);
     check(d_model % n_heads == 0, where, "hidden_size ", d_model, " is not a multiple of num_attention_heads ", n_heads);
     check(head_dim() % 2 == 0, where, "head_dim = hidden_size / num_attention_heads must be even for RoPE, got ",
           head_dim());
-    check(mini_batch > 0, where, "mini_batch_size must be positive, got ", mini_batch);
+    check(mini_batch > 0 && mini_batch <= kMaxDim, where, "mini_batch_size must be in [1, ", kMaxDim, "], got ", mini_batch);
     check(std::isfinite(base_lr) && base_lr >= 0, where, "ttt_base_lr must be finite and >= 0, got ", base_lr);
     check(std::isfinite(rope_theta) && rope_theta > 0, where, "rope_theta must be positive, got ", rope_theta);
-    check(conv_kernel > 0 || !(share_qk || pre_conv), where, "conv_kernel must be positive, got ", conv_kernel);
-    check(inner_eps >= 0 && post_norm_eps >= 0, where, "LayerNorm eps must be >= 0");
+    check((conv_kernel > 0 && conv_kernel <= kMaxDim) || !(share_qk || pre_conv), where, "conv_kernel must be in [1, ", kMaxDim,
+          "], got ", conv_kernel);
+    check(std::isfinite(inner_eps) && inner_eps > 0 && std::isfinite(post_norm_eps) && post_norm_eps > 0, where,
+          "LayerNorm eps must be finite and positive, got ", inner_eps, " and ", post_norm_eps);
   }
 };
 

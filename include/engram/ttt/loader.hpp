@@ -2,7 +2,9 @@
 // TTTForCausalLM state_dict names (ttt.md 6.1) into a Decoder with TTT blocks.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <string>
 
 #include "engram/io/hf.hpp"
@@ -11,46 +13,63 @@
 ENGRAM_NAMESPACE_BEGIN
 namespace ttt {
 
-/// ModelSpec from a parsed ttt-lm-pytorch config.json (model_type "ttt"). Missing keys take the
-/// TTTConfig defaults; values out of range throw Error naming the key.
-inline ModelSpec config_from_json(const json::Value& cfg) {
-  using hf::detail::get_bool;
-  using hf::detail::get_int;
-  using hf::detail::get_num;
-  using hf::detail::get_str;
-  const char* where = "config.json";
-  check(cfg.is_object(), where, "expected a JSON object");
-  const std::string type = get_str(cfg, "model_type", "ttt");
-  check(type == "ttt", where, "model_type \"", type, "\" is not a TTT model (expected \"ttt\")");
+/// ModelSpec from a parsed ttt-lm-pytorch config.json (model_type "ttt"). The shape keys are
+/// required (hidden_size, num_attention_heads, num_hidden_layers, intermediate_size, vocab_size: a
+/// config without them is an Error, never silently the 1.3B shape); the others take the TTTConfig
+/// defaults (mini_batch_size 16, ttt_layer_type "linear", ttt_base_lr 1.0, rope_theta 10000,
+/// share_qk/use_gate/pre_conv false, conv_kernel 4, rms_norm_eps 1e-6, tie_word_embeddings true).
+/// Every value is range-checked as it is read; an Error names `source`, the key and the value.
+inline ModelSpec config_from_json(const json::Value& cfg, const std::string& source = "config.json") {
+  const io::ConfigReader r(cfg, source);
+  const std::string type = r.string("model_type", std::string("ttt"));
+  check(type == "ttt", source, "model_type \"", type, "\" is not a TTT model (expected \"ttt\")");
+  constexpr Index kMax = Config::kMaxDim;
   ModelSpec s;
   Config& c = s.layer;
-  c.d_model = get_int(cfg, "hidden_size", 2048);
-  c.n_heads = get_int(cfg, "num_attention_heads", 32);
-  c.mini_batch = get_int(cfg, "mini_batch_size", 16);
-  const std::string kind = get_str(cfg, "ttt_layer_type", "linear");
-  if (kind == "linear") c.kind = Kind::linear;
-  else if (kind == "mlp") c.kind = Kind::mlp;
-  else fail(where, "ttt_layer_type must be \"linear\" or \"mlp\", got \"", kind, "\"");
-  c.base_lr = get_num(cfg, "ttt_base_lr", 1.0);
-  c.rope_theta = get_num(cfg, "rope_theta", 10000.0);
-  c.share_qk = get_bool(cfg, "share_qk", false);
-  c.use_gate = get_bool(cfg, "use_gate", false);
-  c.pre_conv = get_bool(cfg, "pre_conv", false);
-  c.conv_kernel = get_int(cfg, "conv_kernel", 4);
-  const std::string act = get_str(cfg, "hidden_act", "silu");
-  check(act == "silu", where, "hidden_act must be \"silu\" (the SwiGLU feed-forward of TTT blocks), got \"", act, "\"");
-  s.vocab_size = get_int(cfg, "vocab_size", 32000);
-  s.n_layers = get_int(cfg, "num_hidden_layers", 24);
-  s.d_ff = get_int(cfg, "intermediate_size", 5504);
-  s.rms_eps = get_num(cfg, "rms_norm_eps", 1e-6);
-  s.tie_embeddings = get_bool(cfg, "tie_word_embeddings", true);
-  // Each check names the config key (ttt::Config::validate uses the same names).
-  check(c.d_model > 0 && c.n_heads > 0 && c.d_model % c.n_heads == 0, where, "hidden_size (", c.d_model,
-        ") must be a positive multiple of num_attention_heads (", c.n_heads, ")");
-  check(c.mini_batch > 0, where, "mini_batch_size must be positive, got ", c.mini_batch);
-  check(c.conv_kernel > 0, where, "conv_kernel must be positive, got ", c.conv_kernel);
-  s.validate();
+  c.d_model = r.integer("hidden_size", 1, kMax);
+  c.n_heads = r.integer("num_attention_heads", 1, kMax);
+  if (c.d_model % c.n_heads != 0) r.bad("num_attention_heads", "must divide \"hidden_size\" = " + std::to_string(c.d_model));
+  if (c.head_dim() % 2 != 0) r.bad("num_attention_heads", "head_dim = hidden_size / num_attention_heads must be even for RoPE, got " + std::to_string(c.head_dim()));
+  c.mini_batch = r.integer("mini_batch_size", 1, 1 << 16, 16);
+  c.kind = r.string("ttt_layer_type", std::string("linear"), {"linear", "mlp"}) == "linear" ? Kind::linear : Kind::mlp;
+  c.base_lr = r.number("ttt_base_lr", 0.0, 1e6, 1.0);
+  c.rope_theta = r.number("rope_theta", 0.0, 1e15, 10000.0, /*lo_open=*/true);
+  c.share_qk = r.boolean("share_qk", false);
+  c.use_gate = r.boolean("use_gate", false);
+  c.pre_conv = r.boolean("pre_conv", false);
+  c.conv_kernel = r.integer("conv_kernel", 1, 1 << 16, 4);
+  (void)r.string("hidden_act", std::string("silu"), {"silu"});  // the SwiGLU feed-forward of TTT blocks
+  s.vocab_size = r.integer("vocab_size", 1, std::numeric_limits<std::int32_t>::max());
+  s.n_layers = r.integer("num_hidden_layers", 0, kMax);
+  s.d_ff = r.integer("intermediate_size", 1, 16 * kMax);
+  s.rms_eps = r.number("rms_norm_eps", 0.0, 1.0, 1e-6, true);
+  s.tie_embeddings = r.boolean("tie_word_embeddings", true);
+  try {
+    s.validate();
+    s.decoder_config().validate();
+  } catch (const Error& e) {
+    fail(source, e.what());
+  }
   return s;
+}
+
+/// The size budget of a TTT model: weight matrices (embeddings, projections, inner weights, SwiGLU,
+/// untied head; norms, biases and convolutions left out, so a matching checkpoint holds at least
+/// this many elements) as T, no KV cache (the state is the inner model, per layer H d F).
+template <class T>
+io::ModelSize model_size(const ModelSpec& s) {
+  const Config& c = s.layer;
+  const char* where = "ttt::model_size";
+  auto mul = [&](std::uint64_t a, std::uint64_t b) { return io::checked_mul(a, b, where); };
+  auto add = [&](std::uint64_t a, std::uint64_t b) { return io::checked_add(a, b, where); };
+  const std::uint64_t C = std::uint64_t(c.d_model), V = std::uint64_t(s.vocab_size), I = std::uint64_t(s.d_ff);
+  // Per layer: q, v, o (+ k unless shared, + g with the gate) [C, C]; W1 (and W2) [H, d, F]; SwiGLU 3 [I, C].
+  const std::uint64_t proj = mul(3 + (c.share_qk ? 0 : 1) + (c.use_gate ? 1 : 0), mul(C, C));
+  const std::uint64_t inner = mul(c.kind == Kind::mlp ? 2 : 1, mul(mul(std::uint64_t(c.n_heads), std::uint64_t(c.head_dim())), std::uint64_t(c.inner_dim())));
+  const std::uint64_t layer = add(add(proj, inner), mul(3, mul(I, C)));
+  std::uint64_t n = add(mul(V, C), mul(std::uint64_t(s.n_layers), layer));
+  if (!s.tie_embeddings) n = add(n, mul(V, C));
+  return {n, sizeof(T), 0};
 }
 
 /// Binds one block's tensors under `prefix` (e.g. "model.layers.3.") into a block from make_block.
@@ -103,15 +122,17 @@ void bind_block(hf::WeightBinder<T>& b, const std::string& prefix, const ModelSp
   b.rows_into(prefix + "mlp.down_proj.weight", {C, I}, mlp.down.weight);
 }
 
-/// Loads a ttt-lm-pytorch TTTForCausalLM checkpoint directory (config.json + model.safetensors,
-/// single or sharded; F32, F16 or BF16). One Error names every missing, unexpected or mis-shaped
-/// tensor.
+/// Loads a ttt-lm-pytorch TTTForCausalLM checkpoint: `cfg` its parsed config.json, `ck` its
+/// safetensors (single or sharded; F32, F16 or BF16), `source` its name in errors. The config is
+/// validated and the size budget checked before anything is allocated; one Error names every
+/// missing, unexpected, mis-shaped or non-finite tensor.
 template <class T>
-Decoder<T> load_decoder(const std::filesystem::path& dir) {
-  const ModelSpec spec = config_from_json(read_json_file(dir / "config.json"));
+Decoder<T> load_decoder(const json::Value& cfg, const Checkpoint& ck, const std::string& source) {
+  const std::string config_source = (std::filesystem::path(source) / "config.json").string();
+  const ModelSpec spec = config_from_json(cfg, config_source);
+  io::check_model_size(model_size<T>(spec), &ck, config_source);  // before anything is allocated
   Decoder<T> m = make_decoder<T>(spec);
-  const Checkpoint ck = Checkpoint::open(dir);
-  hf::WeightBinder<T> b(ck, dir.string());
+  hf::WeightBinder<T> b(ck, source);
   const std::int64_t V = spec.vocab_size, C = spec.layer.d_model;
   b.rows_into("model.embed_tokens.weight", {V, C}, m.embed.weight);
   for (Index l = 0; l < spec.n_layers; ++l)
@@ -126,6 +147,13 @@ Decoder<T> load_decoder(const std::filesystem::path& dir) {
   });
   b.finish();
   return m;
+}
+
+/// load_decoder from a checkpoint directory (config.json + safetensors).
+template <class T>
+Decoder<T> load_decoder(const std::filesystem::path& dir) {
+  const json::Value cfg = read_json_file(dir / "config.json");
+  return load_decoder<T>(cfg, Checkpoint::open(dir), dir.string());
 }
 
 }  // namespace ttt
