@@ -10,9 +10,19 @@
 #include <string>
 #include <vector>
 
+#include "engram/core/parallel.hpp"
 #include "engram/core/tensor.hpp"
 
 namespace engram::test {
+
+/// Sets the thread count for a scope, restored even when a REQUIRE throws (e.g. one thread for
+/// finite-difference loops of tiny calls, where parallel regions cost more than the work).
+struct ThreadCount {
+  int before = num_threads();
+  explicit ThreadCount(int n) { set_num_threads(n); }
+  ~ThreadCount() { set_num_threads(before); }
+  void set(int n) const { set_num_threads(n); }
+};
 
 /// Sizes that straddle every SIMD width (AVX2 8, AVX-512 16 floats) and the 8-accumulator loops.
 inline const std::vector<Index> kAwkwardSizes = {1, 2, 7, 15, 16, 17, 31, 63, 64, 65, 129, 257};

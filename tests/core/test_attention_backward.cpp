@@ -36,14 +36,6 @@ void run_case(const Case& c, std::uint64_t seed) {
   }
 }
 
-// Sets the thread count for a scope (restored even when a REQUIRE throws).
-struct ThreadCount {
-  int before = num_threads();
-  explicit ThreadCount(int n) { set_num_threads(n); }
-  ~ThreadCount() { set_num_threads(before); }
-  void set(int n) const { set_num_threads(n); }
-};
-
 std::vector<Case> backward_cases() {
   std::vector<Case> cs;
   cs.push_back({37, 2, 2, 16, {37, 37}});                       // MHA, causal, from an empty cache
@@ -185,7 +177,7 @@ TEST_CASE("attention: NaN scores give NaN rows, never zeros; only the mask gives
 
 TEST_CASE("attention_backward matches finite differences of the forward on a tiny case", "[attention][backward][fd]") {
   // One thread: hundreds of tiny forwards, where parallel regions would cost more than the work.
-  const ThreadCount one(1);
+  const test::ThreadCount one(1);
   for (const Case& c : std::vector<Case>{{6, 2, 1, 4, {9}}, {5, 2, 2, 3, {5, 5}, MaskKind::causal, -1, 2},
                                          {4, 2, 1, 4, {6}, MaskKind::none}, {5, 2, 1, 4, {7}, MaskKind::custom}}) {
     auto p = make_problem<double>(c, 21);
@@ -234,7 +226,7 @@ TEST_CASE("attention_backward is deterministic for a thread count and agrees acr
   const Case c{150, 2, 1, 16, {150}};
   auto p = make_problem<float>(c, 31);
   attention<float>(p.forward_input());
-  const ThreadCount threads(2);
+  const test::ThreadCount threads(2);
   attention_backward<float>(p.backward_input());
   auto dq1 = p.dq.copy(), dk1 = p.dk[0].copy();
   attention_backward<float>(p.backward_input());
