@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, then builds and runs the normal suite, the
-# ASan+UBSan suite, the AVX2-only suite, and the install + find_package(engram) consumer check.
+# ASan+UBSan suite, the AVX2-only suite, the install + find_package(engram) consumer check, and
+# 60 s of every libFuzzer target when clang++ is present.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -45,5 +46,26 @@ cmake -S tests/consumer -B "$prefix/consumer-tokenizers" -G Ninja -DCMAKE_PREFIX
   -DENGRAM_CONSUMER_TOKENIZERS=ON >/dev/null
 cmake --build "$prefix/consumer-tokenizers"
 "$prefix/consumer-tokenizers/consumer_tokenizers" "$build/tokenizer-data/models/gpt2"
+
+# 5. every libFuzzer target (tests/fuzz/fuzz_targets: safetensors reader, config.json + HF/TTT/RMT
+#    loaders; the list is written by tests/fuzz/CMakeLists.txt) for 60 s over its committed seed
+#    corpus, when clang++ is present. New inputs go to a scratch corpus; a crash, leak or timeout
+#    fails the run and leaves the input in $build/fuzz/artifacts (fix it, then commit it to the corpus).
+if command -v clang++ >/dev/null; then
+  step "fuzz: configure + build"
+  cmake -S . -B "$build/fuzz" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Release -DENGRAM_FUZZ=ON \
+    -DENGRAM_BUILD_TESTS=OFF -DENGRAM_BUILD_BENCH=OFF -DENGRAM_BUILD_EXAMPLES=OFF >/dev/null
+  cmake --build "$build/fuzz" -j "$jobs"
+  mkdir -p "$build/fuzz/artifacts"
+  while read -r target corpus; do
+    step "fuzz: $(basename "$target") for ${ENGRAM_FUZZ_SECONDS:-60} s"
+    scratch="$(mktemp -d)"
+    "$target" -max_total_time="${ENGRAM_FUZZ_SECONDS:-60}" -timeout=10 -print_final_stats=1 \
+      -artifact_prefix="$build/fuzz/artifacts/" "$scratch" "$corpus" </dev/null
+    rm -rf "$scratch"
+  done <"$build/fuzz/fuzz_targets.txt"
+else
+  step "fuzz: skipped (no clang++)"
+fi
 
 step "all suites passed"

@@ -42,7 +42,8 @@ void ln_l2_grad_backward(ConstView<T> z, ConstView<T> y, const T* gamma, const T
     const T* u = dg.row(r);
     T* dzr = dz.row(r);
     T* dyr = dy.row(r);
-    const auto [mean, rstd] = mean_rstd(zr, n, eps);
+    const auto stats = mean_rstd(zr, n, eps);  // no structured binding: the lambda below captures these (clang < 16)
+    const T mean = stats.first, rstd = stats.second;
     const B mb(mean), rb(rstd);
     // zhat, the residual r = gamma zhat + beta - y and ghat = gamma r of element i.
     auto terms = [&](Index i, auto& zh, auto& res) {
