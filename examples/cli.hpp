@@ -38,12 +38,13 @@
 ///   (reported as out of memory), any other std::exception, or anything else thrown.
 ///
 /// Validators: use CLI11's for integers and names (CLI::Range, CLI::PositiveNumber, CLI::IsMember,
-/// CLI::ExistingDirectory) and the three here: range (floating point in [lo, hi], NaN refused, which
-/// CLI::Range lets through), regular_file (an existing regular file, never a FIFO or a device that
-/// would block the program) and checked_by (any function that throws engram::Error on a bad value,
-/// e.g. parse_budget).
+/// CLI::ExistingDirectory) and the four here: range (floating point in [lo, hi], NaN refused, which
+/// CLI::Range lets through), regular_file (an existing regular file, or directory when allowed;
+/// never a FIFO or a device that would block the program), output_file (absent or a regular file)
+/// and checked_by (any function that throws engram::Error on a bad value, e.g. parse_budget).
 ///
-/// The API (run, threads, seed, usage_error, UsageError, range, regular_file, checked_by, exit statuses) is
+/// The API (run, threads, seed, usage_error, UsageError, range, regular_file, output_file, checked_by,
+/// exit statuses) is
 /// stable: programs are written against it in parallel.
 
 #include <cstdint>
@@ -95,15 +96,35 @@ inline int threads() { return detail::common().threads; }
 /// --seed as given (default 1); valid inside `body`.
 inline std::uint64_t seed() { return detail::common().seed; }
 
-/// Validator: the path names an existing regular file (after following symlinks). A directory, a
-/// FIFO, a socket or a device is refused, so a program never blocks opening it.
-inline CLI::Validator regular_file() {
+/// Validator: the path names an existing regular file (after following symlinks), or with
+/// `allow_directory` a directory. A FIFO, a socket or a device is refused, so a program never
+/// blocks opening it.
+inline CLI::Validator regular_file(bool allow_directory = false) {
+  return CLI::Validator(
+      [allow_directory](std::string& path) -> std::string {
+        std::error_code ec;
+        const auto st = std::filesystem::status(path, ec);
+        if (ec) return "cannot use " + path + ": " + ec.message();
+        if (std::filesystem::is_regular_file(st) || (allow_directory && std::filesystem::is_directory(st))) return {};
+        return path + (allow_directory ? " is not a regular file or a directory" : " is not a regular file");
+      },
+      allow_directory ? "PATH" : "FILE");
+}
+
+/// Validator of a file the program writes: absent (its directory must exist) or a regular file.
+/// A FIFO or a device is refused, since opening one for writing can block.
+inline CLI::Validator output_file() {
   return CLI::Validator(
       [](std::string& path) -> std::string {
         std::error_code ec;
         const auto st = std::filesystem::status(path, ec);
+        if (st.type() == std::filesystem::file_type::not_found) {
+          const auto dir = std::filesystem::path(path).parent_path();
+          if (!dir.empty() && !std::filesystem::is_directory(dir, ec)) return "directory " + dir.string() + " does not exist";
+          return {};
+        }
         if (ec) return "cannot use " + path + ": " + ec.message();
-        if (!std::filesystem::is_regular_file(st)) return path + " is not a regular file";
+        if (!std::filesystem::is_regular_file(st)) return path + " exists and is not a regular file";
         return {};
       },
       "FILE");

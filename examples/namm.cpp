@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
             ->check(cli::regular_file());
         app.add_option("--length", length, "tokens of the generated document")->check(CLI::Range(Index(1), Index(1) << 26));
         app.add_option("--corpus", corpus, "background text of the generated document: a file or a directory (default: Debian's fortunes)")
-            ->check(CLI::ExistingPath);
+            ->check(cli::regular_file(/*allow_directory=*/true));
         app.add_option("--model", model_dir, "Hugging Face model directory (default: a random byte-level model)")
             ->check(CLI::ExistingDirectory);
         app.get_option("--seed")->description("seed of the random NAMM weights (without --namm-weights)");

@@ -46,10 +46,11 @@ int main(int argc, char** argv) {
             }));
         app.add_option("--memory-weight", memory_weight, "reward per unit of cache freed, against the KL penalty")->check(cli::range(-1e6, 1e6));
         app.add_option("--model", model_dir, "Hugging Face model directory (default: a random byte-level model)")->check(CLI::ExistingDirectory);
-        app.add_option("--corpus", corpus, "background text: a file or a directory (default: Debian's fortunes)")->check(CLI::ExistingPath);
-        app.add_option("--out", out, "weights file written at the end");
-        app.add_option("--csv", csv_path, "fitness curve");
-        app.add_option("--checkpoint", ckpt, "optimiser state saved every generation; resumed from when it exists");
+        app.add_option("--corpus", corpus, "background text: a file or a directory (default: Debian's fortunes)")->check(cli::regular_file(/*allow_directory=*/true));
+        app.add_option("--out", out, "weights file written at the end")->check(cli::output_file());
+        app.add_option("--csv", csv_path, "fitness curve")->check(cli::output_file());
+        app.add_option("--checkpoint", ckpt, "optimiser state saved every generation; resumed from when it exists")
+            ->check(cli::output_file());
         app.get_option("--seed")->description("seed of CMA-ES sampling");
       },
       [&] {
