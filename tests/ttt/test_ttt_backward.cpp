@@ -28,8 +28,9 @@ struct Probe {
 };
 
 /// max over probes of max |fd - analytic| / max |analytic| (per probe), central differences with
-/// step h on every `stride`-th element; `report` receives one line per probe.
-double fd_error(const std::vector<Probe>& probes, const std::function<double()>& loss, std::string& report, Index stride = 1,
+/// step h on about `per_probe` elements of each probe spread over it (the suite also runs at -O0
+/// under ASan); `report` receives one line per probe.
+double fd_error(const std::vector<Probe>& probes, const std::function<double()>& loss, std::string& report, Index per_probe = 12,
                 double h = 3e-6) {
   const OneThread one_thread;
   double worst = 0;
@@ -37,6 +38,7 @@ double fd_error(const std::vector<Probe>& probes, const std::function<double()>&
   for (const Probe& p : probes) {
     double err = 0, scale = 0;
     Index k = 0;
+    const Index stride = std::max<Index>(1, p.value.rows() * p.value.cols() / per_probe);
     for (Index r = 0; r < p.value.rows(); ++r)
       for (Index c = 0; c < p.value.cols(); ++c, ++k) {
         scale = std::max(scale, std::abs(p.grad(r, c)));
@@ -217,7 +219,7 @@ TEST_CASE("one segment's backward matches finite differences: dual and primal, l
         const auto w = c.W0.all(), dw = g.dW.all();
         for (std::size_t i = 0; i < w.size(); ++i) probes.push_back({w[i].first, w[i].second->view(), dw[i].second->view()});
         std::string report;
-        const double e = fd_error(probes, [&] { return c.loss(form); }, report, mlp ? 3 : 1);
+        const double e = fd_error(probes, [&] { return c.loss(form); }, report);
         INFO(report);
         CHECK(e <= 1e-8);
       }
@@ -343,7 +345,7 @@ TEST_CASE("the inner loop's backward over a sequence ending in a partial mini-ba
                                    {"b1", c.b1.view(), g.db1.view()}};
       if (mlp) probes.insert(probes.end(), {{"W2", c.W2.view(), g.dW2.view()}, {"b2", c.b2.view(), g.db2.view()}});
       std::string report;
-      const double e = fd_error(probes, [&] { return c.loss(form); }, report, mlp ? 11 : 5);
+      const double e = fd_error(probes, [&] { return c.loss(form); }, report, 6);
       INFO(report);
       CHECK(e <= 1e-8);
       CHECK(g.dtoken_idx(0, 3) == 0);  // clamped scale
