@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "text_io.hpp"
 #include "engram/eval/memory_tasks.hpp"
 #include "engram/eval/perplexity.hpp"
 #include "engram/io/hf.hpp"
@@ -90,7 +91,14 @@ int main(int argc, char** argv) {
         std::unique_ptr<CachePolicy<float>> cache_policy;
         if (policy != "none") cache_policy = eval::make_policy<float>(policy, parse_budget(budget), weights.get());
         eval::DecoderReader<float> reader(model, cache_policy.get());
-        std::printf("engram-eval: %s (%lld parameters), %s\n", model_dir.c_str(), (long long)model.n_params(), reader.describe().c_str());
+        // A model with its own tokenizer reads the tasks' text in its tokens (words); a byte-level one in bytes.
+        std::string why;
+        const std::optional<examples::TextCodec> codec = examples::TextCodec::for_model(model_dir, model.config.vocab_size, why);
+        if (!codec) cli::usage_error("--model", why);
+        eval::TextEncoder encode;
+        if (!codec->is_bytes()) encode = [&codec](std::string_view text, bool special) { return codec->encode(text, special); };
+        std::printf("engram-eval: %s (%lld parameters), %s, text as %s\n", model_dir.c_str(), (long long)model.n_params(), reader.describe().c_str(),
+                    codec->is_bytes() ? "bytes" : (codec->name() + " tokens (task lengths are bytes of text)").c_str());
         if (!no_tasks) {
           const std::vector<Index> lengths = parse_lengths(lengths_text);
           const tasks::Corpus noise = background.empty() ? tasks::Corpus::fortunes() : tasks::Corpus::from_path(background);
@@ -98,12 +106,12 @@ int main(int argc, char** argv) {
           if (task == "all" || task == "fact_memorization") which.push_back(tasks::Task::fact_memorization);
           if (task == "all" || task == "fact_detection") which.push_back(tasks::Task::fact_detection);
           if (task == "all" || task == "reasoning") which.push_back(tasks::Task::reasoning);
-          std::printf("\n%-18s %10s %8s %9s %17s %12s %10s %9s\n", "task", "length", "samples", "accuracy", "95% interval", "log p(ans)",
-                      "state MiB", "seconds");
+          std::printf("\n%-18s %10s %10s %8s %9s %17s %12s %10s %9s\n", "task", "length", "tokens", "samples", "accuracy", "95% interval",
+                      "log p(ans)", "state MiB", "seconds");
           std::ofstream csv;
           if (!out.empty()) {
             csv.open(out + "_tasks.csv");
-            csv << "model,policy,task,length,samples,correct,accuracy,ci_low,ci_high,answer_log_prob,state_bytes,seconds\n";
+            csv << "model,policy,task,length,samples,correct,accuracy,ci_low,ci_high,answer_log_prob,state_bytes,seconds,tokens\n";
           }
           std::vector<svg::Series> series;
           for (tasks::Task t : which) {
@@ -111,14 +119,14 @@ int main(int argc, char** argv) {
             for (Index len : lengths) {
               tasks::TaskOptions o;
               o.task = t, o.length = len, o.segment_size = segment_size;
-              const eval::TaskScore r = eval::score_task(reader, noise, o, {.samples = samples});
-              std::printf("%-18s %10lld %8lld %8.1f%% [%5.1f%%, %5.1f%%] %12.3f %10.2f %9.1f\n", std::string(tasks::name(t)).c_str(), (long long)len,
-                          (long long)samples, 100 * r.accuracy, 100 * r.ci.lo, 100 * r.ci.hi, r.answer_log_prob, double(r.peak_state_bytes) / 1048576.0,
+              const eval::TaskScore r = eval::score_task(reader, noise, o, {.samples = samples, .encode = encode});
+              std::printf("%-18s %10lld %10.0f %8lld %8.1f%% [%5.1f%%, %5.1f%%] %12.3f %10.2f %9.1f\n", std::string(tasks::name(t)).c_str(), (long long)len,
+                          r.mean_tokens, (long long)samples, 100 * r.accuracy, 100 * r.ci.lo, 100 * r.ci.hi, r.answer_log_prob, double(r.peak_state_bytes) / 1048576.0,
                           r.seconds);
               std::fflush(stdout);
               if (csv.is_open())
                 csv << model_dir << ',' << policy << ',' << tasks::name(t) << ',' << len << ',' << samples << ',' << r.correct << ',' << r.accuracy << ','
-                    << r.ci.lo << ',' << r.ci.hi << ',' << r.answer_log_prob << ',' << r.peak_state_bytes << ',' << r.seconds << '\n';
+                    << r.ci.lo << ',' << r.ci.hi << ',' << r.answer_log_prob << ',' << r.peak_state_bytes << ',' << r.seconds << ',' << r.mean_tokens << '\n';
               s.points.push_back({double(len), 100 * r.accuracy});
             }
             series.push_back(s);
@@ -132,7 +140,7 @@ int main(int argc, char** argv) {
         }
         if (bpb) {
           const train::TextCorpus text = corpus == "kjv" ? train::TextCorpus::kjv(held_out) : train::TextCorpus::from_file(corpus, held_out);
-          const std::vector<std::int32_t> ids = tasks::ByteTokenizer::encode(text.held_out());
+          const std::vector<std::int32_t> ids = codec->encode(text.held_out());
           const eval::PositionCurve c = eval::bits_by_position(reader, ids, {.context = context, .windows = windows, .bucket = bucket});
           std::printf("\nheld-out bits per token by position (%lld windows of %lld tokens of %s): mean %.4f\n", (long long)windows, (long long)context,
                       text.source().c_str(), c.mean_bits);

@@ -85,7 +85,29 @@ inline CLI::Validator budget_validator() {
   });
 }
 
-/// Bytes of a text file as tokens.
-inline std::vector<std::int32_t> file_tokens(const std::string& path) { return tasks::ByteTokenizer::encode(read_text_file(path)); }
+/// KV bytes a full cache (no policy) holds after `tokens` tokens: per layer and KV head, each token's
+/// key and value rows (padded for the kernels) and its position, as TokenTable stores them.
+inline double full_cache_bytes(const ModelConfig& c, Index tokens) {
+  return double(c.n_layers * c.n_kv_heads) * double(tokens) * double(TokenTable<float>(c.head_dim).bytes_per_token());
+}
+
+/// One line on what a cache policy kept after `state` read its tokens: tokens per KV head against
+/// the tokens seen, and the state's bytes against a full cache's.
+inline std::string cache_summary(const ModelConfig& c, Decoder<float>::State& state) {
+  Index kept = 0, heads = 0;
+  for (const LayerCache<float>* cache : state.caches()) kept += cache->total_tokens(), heads += cache->n_heads();
+  const Index seen = state.position();
+  const double mean_kept = heads > 0 ? double(kept) / double(heads) : 0.0, full = full_cache_bytes(c, seen);
+  const auto size = [](double bytes) {
+    char s[32];
+    std::snprintf(s, sizeof s, bytes < (1 << 20) ? "%.1f KiB" : "%.2f MiB", bytes < (1 << 20) ? bytes / 1024 : bytes / (1 << 20));
+    return std::string(s);
+  };
+  char line[256];
+  std::snprintf(line, sizeof line, "kept %.0f of %td tokens per KV head (%.1f%%), KV state %s vs %s for the full cache (%.1f%% saved)",
+                mean_kept, seen, seen > 0 ? 100.0 * mean_kept / double(seen) : 0.0, size(double(state.bytes())).c_str(), size(full).c_str(),
+                full > 0 ? 100.0 * (1.0 - double(state.bytes()) / full) : 0.0);
+  return line;
+}
 
 }  // namespace examples

@@ -1,8 +1,10 @@
 // engram-namm: reads a long input through a decoder with a KV-cache policy (NAMM or a baseline) and
-// reports, every n_up tokens, the cache per layer and what it saves against full attention.
+// reports, every n_up tokens, the cache per layer and what it saves against full attention; then,
+// with --question, answers it from what the cache kept (greedy, streamed as text).
 #include <chrono>
 
 #include "example_util.hpp"
+#include "text_io.hpp"
 
 using namespace engram;
 
@@ -11,15 +13,12 @@ namespace {
 double full_attention_flops(const ModelConfig& c, Index tokens) {
   return 2.0 * double(c.n_layers * c.n_heads) * flops::attention_product(flops::causal_pairs(tokens, tokens), c.head_dim);
 }
-// KV bytes a full cache would hold: keys and values (padded rows) and positions.
-double full_cache_bytes(const ModelConfig& c, Index tokens) {
-  return double(c.n_layers * c.n_kv_heads) * double(tokens) * double(2 * padded_cols<float>(c.head_dim) * sizeof(float) + 64);
-}
+using examples::full_cache_bytes;
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string policy_name = "namm", budget_text, namm_weights, file, corpus, model_dir;
-  Index n_up = 512, length = 8192;
+  std::string policy_name = "namm", budget_text, namm_weights, file, corpus, model_dir, question;
+  Index n_up = 512, length = 8192, answer_tokens = 16;
   return cli::run(
       argc, argv,
       "engram-namm: reads a long input through a decoder with a KV-cache policy (NAMM or a baseline) and reports, every "
@@ -46,20 +45,30 @@ int main(int argc, char** argv) {
             ->check(cli::regular_file(/*allow_directory=*/true));
         app.add_option("--model", model_dir, "Hugging Face model directory (default: a random byte-level model)")
             ->check(CLI::ExistingDirectory);
+        app.add_option("--question", question, "text appended after the input, then answered greedily from the evicted cache (streamed)");
+        app.add_option("--answer-tokens", answer_tokens, "tokens of the answer to --question at most (it also stops at EOS)")
+            ->check(CLI::Range(Index(1), Index(1) << 20));
         app.get_option("--seed")->description("seed of the random NAMM weights (without --namm-weights)");
       },
       [&] {
         const auto model = examples::load_or_default(model_dir);
+        // Text through the model directory's tokenizer when it has one; bytes for byte-level models.
+        std::string why;
+        const std::optional<examples::TextCodec> codec = model_dir.empty() ? examples::TextCodec::bytes(model.config.vocab_size)
+                                                                           : examples::TextCodec::for_model(model_dir, model.config.vocab_size, why);
+        if (!question.empty() && !codec) cli::usage_error("--question", why);
         std::vector<std::int32_t> tokens;
         std::string what;
         if (!file.empty()) {
-          tokens = examples::file_tokens(file);
+          const std::string text = read_text_file(file);
+          if (text.empty()) cli::usage_error("--file", file + " is empty");
+          tokens = codec ? codec->encode(text) : tasks::ByteTokenizer::encode(text);
           what = file;
-          if (tokens.empty()) cli::usage_error("--file", file + " is empty");
         } else {
           const auto doc = examples::babi_document(length, 7, corpus, "--length");
-          tokens = doc.tokens;
-          what = "generated bAbI-style document (fact \"" + doc.info.facts[0] + "\" at token " +
+          const bool words = codec && !codec->is_bytes();  // the document's text through the model's tokenizer
+          tokens = words ? codec->encode(tasks::ByteTokenizer::decode(doc.tokens)) : doc.tokens;
+          what = "generated bAbI-style document (fact \"" + doc.info.facts[0] + (words ? "\" at byte " : "\" at token ") +
                  std::to_string(doc.info.fact_spans[0].begin) + ", question \"" + doc.info.question + "\")";
         }
         for (std::size_t i = 0; i < tokens.size(); ++i)
@@ -115,6 +124,20 @@ int main(int argc, char** argv) {
         std::printf("  of which NAMM          features %.3f GFLOP, scorer %.3f GFLOP\n", state.flops[FlopCategory::namm_features] * 1e-9,
                     state.flops[FlopCategory::namm_scorer] * 1e-9);
         std::printf("  whole model            %.2f GFLOP\n", state.flops.total() * 1e-9);
+        if (!question.empty()) {
+          const std::vector<std::int32_t> q = codec->encode(question, /*add_special=*/false);
+          if (q.empty()) cli::usage_error("--question", "the question has no tokens");
+          Tensor<float> logits = model.prefill(q, state);
+          state.end_prompt();
+          std::printf("\nquestion %s\nanswer  ", question.c_str());
+          Sampler greedy;
+          const examples::Continuation a = examples::continue_text(model, state, std::move(logits), answer_tokens, greedy, *codec, [](std::string_view t) {
+            std::fwrite(t.data(), 1, t.size(), stdout);
+            std::fflush(stdout);
+          }, q);
+          std::printf("\n  (%zu tokens, %s; %s)\n", a.ids.size(), a.stopped_at_eos ? "stopped at EOS" : "--answer-tokens reached",
+                      examples::cache_summary(c, state).c_str());
+        }
         return 0;
       });
 }
