@@ -1,6 +1,6 @@
 // The training loop of a language model: batches from a BatchSource, gradient accumulation over
 // micro-batches, AdamW with warm-up and decay, held-out evaluation, CSV + SVG curves, checkpoints
-// every N steps and bit-identical resume.
+// every N steps and bit-identical resume; data-parallel over the ranks of a train::Collective.
 #pragma once
 
 #include <chrono>
@@ -18,6 +18,7 @@
 #include "engram/io/svg.hpp"
 #include "engram/train/checkpoint.hpp"
 #include "engram/train/data.hpp"
+#include "engram/train/data_parallel.hpp"
 #include "engram/train/schedule.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
@@ -38,6 +39,12 @@ struct TrainerOptions {
   bool resume = false;       ///< continue from out_dir/checkpoint when it exists
   StepOptions step;          ///< gradient checkpointing, attention window
   std::uint64_t seed = 0;    ///< recorded in trainer.json (the data source carries its own)
+  /// Data-parallel ranks (null: a single process). `batch` stays the whole step's batch: its
+  /// micro-batches (default size: batch / ranks, rounded up) are split round-robin, micro-batch j to
+  /// rank j % size, and the gradients summed over the ranks, so a step sees the same sequences as a
+  /// single process with that micro-batch size, whatever the number of ranks. Rank 0 alone writes
+  /// out_dir; every rank must see out_dir/checkpoint to resume (checked: the weights must agree).
+  Collective* collective = nullptr;
 
   void validate() const {
     const char* where = "train::TrainerOptions";
@@ -85,38 +92,59 @@ class Trainer {
   std::filesystem::path checkpoint_dir() const { return options_.out_dir / "checkpoint"; }
 
   /// Mean nats per labelled token over the held-out batches (forward only).
+  /// Collective when distributed: the micro-batches are split over the ranks as in training.
   double held_out_loss() {
-    CrossEntropyStats total;
-    for (Index i = 0; i < options_.eval_batches; ++i) {
-      const Index n = std::max<Index>(options_.micro_batch, options_.batch);
-      for (Index s = 0; s < n; s += micro()) {
-        const Batch b = source_.held_out_batch(i * n + s, std::min(micro(), n - s));
-        StepOptions o = options_.step;
-        o.backward = false;
-        const CrossEntropyStats st = lm_step<T>(model_, b, nullptr, buf_, T(0), o);
-        total.loss_sum += st.loss_sum, total.count += st.count;
+    double total[2] = {0, 0};  // loss sum, labelled positions
+    all_or_none(options_.collective, [&] {
+      Index k = 0;
+      for (Index i = 0; i < options_.eval_batches; ++i) {
+        const Index n = std::max<Index>(options_.micro_batch, options_.batch);
+        for (Index s = 0; s < n; s += micro(), ++k) {
+          if (!owns(options_.collective, k)) continue;
+          const Batch b = source_.held_out_batch(i * n + s, std::min(micro(), n - s));
+          StepOptions o = options_.step;
+          o.backward = false;
+          const CrossEntropyStats st = lm_step<T>(model_, b, nullptr, buf_, T(0), o);
+          total[0] += st.loss_sum, total[1] += double(st.count);
+        }
       }
-    }
-    return total.count ? total.loss_sum / double(total.count) : std::numeric_limits<double>::quiet_NaN();
+    });
+    if (options_.collective) options_.collective->sum(total);
+    return total[1] > 0 ? total[0] / total[1] : std::numeric_limits<double>::quiet_NaN();
   }
 
   /// One optimizer step (step number = optimizer().step_count() + 1); returns its progress record.
+  /// Collective when distributed: this rank's micro-batches, then the gradients summed over the
+  /// ranks (each rank scales by 1 / the labelled positions of the whole batch, summed first), then
+  /// the same optimizer step on every rank.
   Progress step() {
+    Collective* const c = options_.collective;
     const Index t = optimizer_.step_count() + 1;
     grads_.zero();
     std::vector<Batch> micro_batches;
-    Index count = 0;
-    for (Index s = 0, j = 0; s < options_.batch; s += micro(), ++j) {
-      micro_batches.push_back(source_.train_batch(t, j, std::min(micro(), options_.batch - s)));
-      count += micro_batches.back().count();
-    }
+    double sums[3] = {0, 0, 0};  // labelled positions, loss sum, tokens: this rank's, then every rank's
+    all_or_none(c, [&] {
+      for (Index s = 0, j = 0; s < options_.batch; s += micro(), ++j)
+        if (owns(c, j)) {
+          micro_batches.push_back(source_.train_batch(t, j, std::min(micro(), options_.batch - s)));
+          sums[0] += double(micro_batches.back().count());
+        }
+    });
+    if (c) c->sum(std::span(sums, 1));
+    const Index count = Index(sums[0]);
     check(count > 0, "train::Trainer", "step ", t, ": the batch has no labelled position");
-    double loss_sum = 0;
-    Index tokens = 0;
-    for (const Batch& b : micro_batches) {
-      loss_sum += lm_step<T>(model_, b, &grads_, buf_, T(1.0 / double(count)), options_.step).loss_sum;
-      tokens += b.rows();
+    all_or_none(c, [&] {
+      for (const Batch& b : micro_batches) {
+        sums[1] += lm_step<T>(model_, b, &grads_, buf_, T(1.0 / double(count)), options_.step).loss_sum;
+        sums[2] += double(b.rows());
+      }
+    });
+    if (c) {
+      reducer_.sum(grads_, *c);
+      c->sum(std::span(sums + 1, 2));
     }
+    const double loss_sum = sums[1];
+    const Index tokens = Index(sums[2]);
     Progress p;
     p.step = t;
     p.steps = options_.steps;
@@ -127,8 +155,11 @@ class Trainer {
            "; training stopped before updating the weights", last_checkpoint_.empty() ? std::string(" (no checkpoint written yet)")
                                                                                       : "; the last good checkpoint is " + last_checkpoint_);
     p.lr = options_.schedule.at(t);
-    const ClipStats c = optimizer_.step(p.lr);
-    p.grad_norm = c.norm;
+    const ClipStats clipped = optimizer_.step(p.lr);
+    p.grad_norm = clipped.norm;
+#ifndef NDEBUG
+    if (c) check_same(*c, parameter_fingerprint(grads_), "the weights after step " + std::to_string(t));
+#endif
     tokens_ += tokens;
     p.tokens = tokens_;
     return p;
@@ -137,8 +168,10 @@ class Trainer {
   /// Runs (or resumes) to options.steps, or stops after step `until` when 0 < until < steps (as an
   /// interrupted run would: the schedule still spans options.steps). `on_progress` gets every
   /// logged record.
+  /// Collective when distributed: every rank gets the same records; rank 0 writes the files.
   void run(const std::function<void(const Progress&)>& on_progress = {}, Index until = 0) {
     if (options_.resume) resume();
+    if (options_.collective) check_same(*options_.collective, parameter_fingerprint(grads_), "the weights at the start of training");
     const Index last = until > 0 ? std::min(until, options_.steps) : options_.steps;
     const auto t0 = std::chrono::steady_clock::now();
     const Index first = optimizer_.step_count();
@@ -162,7 +195,9 @@ class Trainer {
         window_t0 = now;
         history_.push_back(p);
         if (on_progress) on_progress(p);
-        write_curves();
+        all_or_none(options_.collective, [&] {
+          if (is_root(options_.collective)) write_curves();
+        });
       }
       if (!options_.out_dir.empty() && ((options_.checkpoint_every > 0 && t % options_.checkpoint_every == 0) || t == options_.steps)) {
         elapsed_at_checkpoint_ = elapsed_before_ + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -171,25 +206,44 @@ class Trainer {
     }
   }
 
-  /// Writes out_dir/checkpoint now.
+  /// Writes out_dir/checkpoint now (collective when distributed: rank 0 writes the weights every
+  /// rank holds, checked first). It holds nothing rank-specific, so any number of ranks resumes it.
   void checkpoint() {
     check(!options_.out_dir.empty(), "train::Trainer", "no output directory for checkpoints");
-    json::Value state = json::Value::object();
-    state.set("seed", json::Value(std::int64_t(options_.seed)));
-    state.set("tokens", json::Value(std::int64_t(tokens_)));
-    state.set("elapsed_s", json::Value(elapsed_at_checkpoint_));
-    state.set("data", source_.describe());
-    save_checkpoint(checkpoint_dir(), io_, model_, optimizer_, std::move(state));
+    Collective* const c = options_.collective;
+    if (c) check_same(*c, parameter_fingerprint(grads_), "the weights at step " + std::to_string(optimizer_.step_count()));
+    all_or_none(c, [&] {
+      if (!is_root(c)) return;
+      json::Value state = json::Value::object();
+      state.set("seed", json::Value(std::int64_t(options_.seed)));
+      state.set("tokens", json::Value(std::int64_t(tokens_)));
+      state.set("elapsed_s", json::Value(elapsed_at_checkpoint_));
+      state.set("data", source_.describe());
+      save_checkpoint(checkpoint_dir(), io_, model_, optimizer_, std::move(state));
+    });
     last_checkpoint_ = checkpoint_dir().string() + " (step " + std::to_string(optimizer_.step_count()) + ")";
   }
 
  private:
-  Index micro() const { return options_.micro_batch > 0 ? options_.micro_batch : options_.batch; }
+  Index micro() const {
+    const Index r = ranks(options_.collective);
+    return options_.micro_batch > 0 ? options_.micro_batch : (options_.batch + r - 1) / r;
+  }
 
+  // Every rank reads the checkpoint; rank 0's step and weights must be everyone's.
   void resume() {
-    const std::filesystem::path dir = resumable_checkpoint(checkpoint_dir());
+    std::filesystem::path dir;
+    json::Value state;
+    all_or_none(options_.collective, [&] {
+      dir = resumable_checkpoint(checkpoint_dir());
+      if (!dir.empty()) state = load_checkpoint(dir, io_, model_, optimizer_);
+    });
+    if (options_.collective) {
+      const std::uint64_t step = std::uint64_t(optimizer_.step_count());
+      check_same(*options_.collective, fingerprint(&step, sizeof step, parameter_fingerprint(grads_)),
+                 "the resumed step and weights (every rank must see the same " + checkpoint_dir().string() + ")");
+    }
     if (dir.empty()) return;
-    const json::Value state = load_checkpoint(dir, io_, model_, optimizer_);
     tokens_ = Index(state.at("tokens").as_integer("tokens"));
     elapsed_before_ = elapsed_at_checkpoint_ = state.at("elapsed_s").as_number("elapsed_s");
     last_checkpoint_ = dir.string() + " (step " + std::to_string(optimizer_.step_count()) + ")";
@@ -241,6 +295,7 @@ class Trainer {
   ModelIO<T> io_;
   Gradients<T> grads_;
   AdamW<T> optimizer_;
+  GradientReducer<T> reducer_;
   StepBuffers<T> buf_;
   std::vector<Progress> history_;
   Index tokens_ = 0;
