@@ -11,10 +11,6 @@
 #include "engram/io/memory_budget.hpp"
 #include "test_util.hpp"
 
-// Huge allocations must come back as std::bad_alloc (which Tensor turns into an Error) rather than
-// abort the process under AddressSanitizer, whose default is to report them as a crash.
-extern "C" const char* __asan_default_options() { return "allocator_may_return_null=1"; }
-
 using namespace engram;
 namespace fs = std::filesystem;
 
@@ -162,8 +158,12 @@ TEST_CASE("tensor sizes that overflow are Errors, not tensors without storage", 
   CHECK_THROWS_AS(Tensor<float>({Index(1) << 61, 1}), Error);  // rows * padded stride overflows
   CHECK_THROWS_AS(Tensor<float>({big}), Error);                // the padded row overflows
   CHECK_THROWS_AS(Tensor<double>({Index(1) << 58, 2}), Error); // bytes overflow
-  const std::string oom = error_of([] { Tensor<float>({Index(1) << 40, 16}); });  // 64 TiB: refused, reported
+#if !defined(__SANITIZE_ADDRESS__)
+  // 64 TiB: the allocator refuses, Tensor reports it. (AddressSanitizer aborts on such a request by
+  // design, before operator new can throw, so this one check runs in the other suites.)
+  const std::string oom = error_of([] { Tensor<float>({Index(1) << 40, 16}); });
   CHECK(oom.find("cannot allocate") != std::string::npos);
+#endif
   Tensor<float> t({2, 3});
   CHECK_THROWS_AS(t.resize_rows(Index(1) << 60), Error);
   CHECK(t.rows() == 2);  // unchanged after the failed growth

@@ -264,7 +264,9 @@ add(F, "rmt.num_mem_tokens.none", {"rmt.num_mem_tokens": 0}, "unexpected tensor 
 add(F, "rmt.layout_beyond_positions", {"rmt.segment_size": 27}, "max positions")  # 27 + 2 * 3 > 32
 add(F, "rmt.encoder_layout_on_decoder", {"rmt.layout": "encoder", "rmt.segment_size": DELETE, "rmt.input_size": 16, "rmt.cls_token_id": 1, "rmt.sep_token_id": 2,
                                          "rmt.pad_token_id": 0}, "bidirectional backbone")
-add(F, "rmt.bidirectional_mask_big_memory", {"rmt.memory_mask": "bidirectional", "rmt.num_mem_tokens": 65536}, "max positions")
+add(F, "rmt.bidirectional_mask_big_memory", {"rmt.memory_mask": "bidirectional", "rmt.num_mem_tokens": 65536,
+                                             "rmt.segment_size": 65536}, "max positions")
+add(F, "rmt.segment_shorter_than_memory", {"rmt.num_mem_tokens": 5, "rmt.segment_size": 4}, "smaller than the memory")
 F = "rmt_encoder"
 shape_key(F, "rmt.input_size", bound=1 << 24)
 add(F, "rmt.input_size.too_small_for_memory", {"rmt.input_size": 6}, "rmt.input_size")
@@ -275,7 +277,7 @@ for key in ["cls_token_id", "sep_token_id", "pad_token_id"]:
     add(F, f"rmt.{key}.wraps_int32", {f"rmt.{key}": (1 << 32) + 1}, key)  # would wrap to a valid id 1
     add(F, f"rmt.{key}.outside_vocab", {f"rmt.{key}": 40}, "vocabulary")
     add(F, f"rmt.{key}.missing", {f"rmt.{key}": DELETE}, key)
-add(F, "rmt.num_mem_tokens.beyond_vocab", {"rmt.num_mem_tokens": 41, "rmt.input_size": 45, "rmt.segment_size": 1}, "vocabulary")
+add(F, "rmt.num_mem_tokens.beyond_vocab", {"rmt.num_mem_tokens": 41, "rmt.input_size": 86, "rmt.segment_size": 42}, "vocabulary")
 add(F, "rmt.memory_mask.bidirectional", {"rmt.memory_mask": "bidirectional"}, "memory_mask")
 add(F, "rmt.decoder_layout_on_encoder", {"rmt.layout": "decoder", "rmt.segment_size": 6}, "causal backbone")
 
