@@ -192,3 +192,16 @@ TEST_CASE("visible_pairs counts the FLOP-relevant pairs", "[attention][flops]") 
   in.mask = MaskKind::none;
   CHECK(visible_pairs(in, 0) == 60);
 }
+
+TEST_CASE("attention: an offset past the keys is an Error", "[attention][errors]") {
+  Tensor<float> q({2, 8}), k({4, 8}), v({4, 8}), out({2, 8});
+  std::vector<ConstView<float>> ks{k.view()}, vs{v.view()};
+  AttentionInput<float> in;
+  in.q = q.view(), in.k = ks, in.v = vs, in.out = out.view(), in.n_heads = 1, in.head_dim = 8;
+  in.offset = 4;  // query 0 at index 4: just past the last key, still well defined
+  attention<float>(in);
+  in.offset = 5;
+  REQUIRE_THROWS_WITH(attention<float>(in), Catch::Contains("offset 5 is past the 4 keys"));
+  in.mask = MaskKind::reverse_causal;
+  REQUIRE_THROWS_WITH(attention<float>(in), Catch::Contains("past the 4 keys"));
+}

@@ -493,6 +493,10 @@ void validate(const AttentionInput<T>& in) {
     check_shape(in.custom_mask, in.q.rows(), in.k[0].rows(), where, "custom_mask");
   }
   check(in.offset >= -1, where, "offset must be >= 0 (or -1 for the default), got ", in.offset);
+  // Query 0's index among the keys: past the last key every causal row would see all keys and every
+  // reverse-causal row none, which is a caller's bookkeeping error, not a mask.
+  for (Index h = 0; h < n_kv && in.offset >= 0; ++h)
+    check(in.offset <= in.k[h].rows(), where, "offset ", in.offset, " is past the ", in.k[h].rows(), " keys of KV head ", h);
   check(in.window >= 0, where, "window must be >= 0 (0: no window), got ", in.window);
   check(in.window == 0 || in.mask == MaskKind::causal, where, "a sliding window (", in.window,
         ") needs MaskKind::causal, got mask kind ", int(in.mask));
