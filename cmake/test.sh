@@ -48,7 +48,7 @@ cmake --build "$prefix/consumer-tokenizers"
 "$prefix/consumer-tokenizers/consumer_tokenizers" "$build/tokenizer-data/models/gpt2"
 
 # 5. every libFuzzer target (tests/fuzz/fuzz_targets: safetensors reader, config.json + HF/TTT/RMT
-#    loaders; the list is written by tests/fuzz/CMakeLists.txt) for 60 s over its committed seed
+#    loaders, tokenizers; the list is written by tests/fuzz/CMakeLists.txt) for 60 s over its committed seed
 #    corpus, when clang++ is present. New inputs go to a scratch corpus; a crash, leak or timeout
 #    fails the run and leaves the input in $build/fuzz/artifacts (fix it, then commit it to the corpus).
 if command -v clang++ >/dev/null; then

@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
         if (text_mode) {
           const std::string text = file_opt->count() ? read_text_file(prompt_file) : prompt;
           if (text.empty()) cli::usage_error(prompt_flag, "the prompt is empty");
-          if (!codec) cli::usage_error(prompt_flag, why + " (give token ids with --tokens)");
+          if (!codec) cli::usage_error(prompt_flag, why + "; or give token ids with --tokens");
           tokens = codec->encode(text);
           for (std::int32_t id : tokens)
             if (id < 0 || id >= vocab) cli::usage_error(prompt_flag, "the tokenizer gave id " + std::to_string(id) + ", outside the model's vocabulary [0, " + std::to_string(vocab) + ")");

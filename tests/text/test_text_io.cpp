@@ -20,11 +20,13 @@ using Ids = std::vector<std::int32_t>;
 
 namespace {
 
+#if ENGRAM_HAVE_TOKENIZERS
 // A model directory: llama_tiny's config and weights (vocabulary 67), plus `tokenizer` as tokenizer.json.
-void make_model_dir(const std::filesystem::path& dir, const std::string& tokenizer_fixture = "") {
+void make_model_dir(const std::filesystem::path& dir, const std::string& tokenizer_fixture) {
   for (const char* f : {"config.json", "model.safetensors"}) std::filesystem::copy_file(test::fixture(std::string("llama_tiny/") + f), dir / f);
-  if (!tokenizer_fixture.empty()) std::filesystem::copy_file(test::fixture("tokenizers/" + tokenizer_fixture), dir / "tokenizer.json");
+  std::filesystem::copy_file(test::fixture("tokenizers/" + tokenizer_fixture), dir / "tokenizer.json");
 }
+#endif
 
 // Runs continue_text and returns the pieces it emitted, concatenated, with the ids.
 std::pair<std::string, examples::Continuation> generate(const Decoder<float>& model, const examples::TextCodec& codec, const Ids& prompt,
