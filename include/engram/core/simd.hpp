@@ -5,6 +5,7 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include <xsimd/xsimd.hpp>
 
@@ -26,6 +27,30 @@ inline constexpr Index width = Index(batch<T>::size);
 /// Independent accumulators in the long-vector kernels. FMA latency is about 4 cycles and two FMA
 /// ports issue per cycle, so 8 chains keep both ports busy (4 chains measured at ~50% of peak).
 inline constexpr int kAccumulators = 8;
+
+/// Architectural vector registers: 32 with AVX-512 (zmm0-31), 16 with AVX/AVX2 (ymm0-15) and SSE
+/// on x86-64, 32 on AArch64. Register-tiled kernels size their accumulators from it: more live
+/// values than registers spill to the stack, and every spilled accumulator costs a load and a store
+/// per FMA.
+#if defined(__AVX512F__) || defined(__aarch64__)
+inline constexpr int kVectorRegisters = 32;
+#else
+inline constexpr int kVectorRegisters = 16;
+#endif
+
+/// a * b + c as one fused instruction. xsimd 8.1's fma on the AVX-512 arches is the generic
+/// a * b + c, which fuses only under -ffp-contract=fast; the compute-bound kernels (GEMM, the FMA
+/// peak probe) must not depend on the consumer's contraction flags.
+template <class T>
+batch<T> fmadd(const batch<T>& a, const batch<T>& b, const batch<T>& c) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && batch<T>::size == 16) return batch<T>(_mm512_fmadd_ps(a, b, c));
+  else if constexpr (std::is_same_v<T, double> && batch<T>::size == 8) return batch<T>(_mm512_fmadd_pd(a, b, c));
+  else return xsimd::fma(a, b, c);
+#else
+  return xsimd::fma(a, b, c);
+#endif
+}
 
 template <class T>
 batch<T> load(const T* p) {

@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "engram/core/half.hpp"
 #include "engram/core/tensor.hpp"
 #include "engram/io/file.hpp"
 #include "engram/io/json.hpp"
@@ -54,53 +55,11 @@ inline std::size_t dtype_size(DType t) {
   return 0;
 }
 
-/// IEEE half to float, including subnormals, infinities and NaN.
-inline float half_to_float(std::uint16_t h) {
-  const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
-  std::uint32_t exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
-  std::uint32_t bits;
-  if (exp == 0x1F) {
-    bits = sign | 0x7F800000u | (mant << 13);
-  } else if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      int e = -1;
-      do {
-        ++e;
-        mant <<= 1;
-      } while ((mant & 0x400u) == 0);
-      bits = sign | (std::uint32_t(127 - 15 - e) << 23) | ((mant & 0x3FFu) << 13);
-    }
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  return std::bit_cast<float>(bits);
-}
-
-/// float to IEEE half, round to nearest even.
-inline std::uint16_t float_to_half(float f) {
-  const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
-  const std::uint32_t sign = (x >> 16) & 0x8000u;
-  const std::uint32_t abs = x & 0x7FFFFFFFu;
-  if (abs >= 0x7F800000u) return std::uint16_t(sign | 0x7C00u | (abs > 0x7F800000u ? 0x200u : 0u));
-  if (abs >= 0x477FF000u) return std::uint16_t(sign | 0x7C00u);  // rounds to infinity
-  if (abs < 0x38800000u) {                                        // subnormal or zero in half
-    const float scaled = std::bit_cast<float>(abs) * 16777216.0f;  // * 2^24: the subnormal unit becomes 1
-    return std::uint16_t(sign | std::uint32_t(std::nearbyint(scaled)));
-  }
-  const std::uint32_t rounded = abs + 0x0FFFu + ((abs >> 13) & 1u);
-  return std::uint16_t(sign | ((rounded - 0x38000000u) >> 13));
-}
-
-inline float bf16_to_float(std::uint16_t b) { return std::bit_cast<float>(std::uint32_t(b) << 16); }
-
-/// float to bfloat16, round to nearest even (NaN stays NaN).
-inline std::uint16_t float_to_bf16(float f) {
-  const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
-  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return std::uint16_t((x >> 16) | 0x40u);
-  return std::uint16_t((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
-}
+// The scalar conversions live in core/half.hpp (the compressed weights use them too).
+using engram::bf16_to_float;
+using engram::float_to_bf16;
+using engram::float_to_half;
+using engram::half_to_float;
 
 /// Where one tensor lives in the file.
 struct TensorInfo {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "engram/core/gemm.hpp"
 #include "engram/core/simd.hpp"
 #include "engram/policies/base.hpp"
 
@@ -95,7 +96,9 @@ class KeyDiffPolicy final : public detail::BudgetPolicy<T> {
       anchor.resize(std::size_t(d));
       for (Index c2 = 0; c2 < d; ++c2) anchor[std::size_t(c2)] = T(sum[std::size_t(c2)]);
       similarity.resize(std::size_t(n));
-      for (Index i = 0; i < n; ++i) similarity[std::size_t(i)] = simd::dot(k.row(i), anchor.data(), d) * inv(i, 0);
+      // One matrix-vector product over the keys (vectorised across rows, no horizontal sums).
+      matmul<T>(k, ConstView<T>(anchor.data(), d, 1, 1), View<T>(similarity.data(), n, 1, 1));
+      for (Index i = 0; i < n; ++i) similarity[std::size_t(i)] *= inv(i, 0);
       const auto rows = detail::select_lowest(t, n - budget, [&](Index i) { return -similarity[std::size_t(i)]; },
                                               [&](Index i) { return t.position(i) != newest; });
       for (Index r : rows)  // the evicted tokens leave the anchor

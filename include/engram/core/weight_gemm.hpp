@@ -1,0 +1,180 @@
+// Products with a weight matrix in any format (core/weights.hpp): y [m, n] = alpha * x [m, k] W^T
+// + beta * y for W [n, k], fp32 accumulation. A few rows (decode, batched decode) go through a fused
+// decode-and-dot kernel that streams W once, split across threads by rows of W; many rows (prefill)
+// dequantise W into the packed panels of the sgemm micro-kernel (core/gemm_kernel.hpp).
+#pragma once
+
+#include "engram/core/gemm_kernel.hpp"
+#include "engram/core/weights.hpp"
+
+ENGRAM_NAMESPACE_BEGIN
+namespace weight_gemm {
+
+using Batch = simd::batch<float>;
+inline constexpr int kS = decode::kVectors;  // registers per decode step (32 weights with AVX-512, 16 with AVX2)
+
+// The row kernel's tile: kXRows rows of x against kWRows rows of W, one accumulator register per
+// pair. Per decode step (2 registers of weights) it holds kXRows * 2 x registers, 2 decoded W
+// registers (one row at a time) and kXRows * kWRows accumulators: 4 x 4 with AVX-512 = 16 + 8 + 2
+// of 32 registers; 2 x 4 with AVX2 = 8 + 4 + 2 of 16. Each W register feeds kXRows FMAs, so the decode (the cost of a compressed
+// format) is shared by the rows of a batch, and 16 resp. 8 independent chains cover the FMA latency.
+inline constexpr int kXRows = simd::kVectorRegisters >= 32 ? 4 : 2;
+inline constexpr int kWRows = 4;
+/// Up to this many rows of x take the row kernel; more take the packed GEMM (measured: at 16 rows
+/// [16, 768] x [2048, 768]^T runs at about the packed kernel's rate, beyond it the packed kernel wins).
+inline constexpr Index kMaxRows = 16;
+/// Matrices of fewer bytes than this stay on one thread: streaming 256 KB takes ~20 us at one core's
+/// bandwidth, against a few microseconds to wake a second thread (so tiny models keep one thread).
+inline constexpr double kParallelBytes = 256 * 1024;
+
+struct ScratchTag {};
+
+// y[i][j + r] for i < XR, r < WR over the whole decode steps [0, ks) of x (rows xs[i], padded with
+// zeros to whole blocks) and W; the tail [ks, k) of an unpadded (f32/bf16/f16) row goes scalar. Every
+// output element is the same sequence of operations whatever XR, WR, the thread or the batch size,
+// so results do not depend on how rows are grouped.
+template <WeightFormat F, int XR, int WR>
+inline void tile(const float* const* xs, const WeightView& w, Index j, Index k, float* const* ys, float alpha, float beta) {
+  constexpr Index W = simd::width<float>;
+  constexpr Index step = decode::kStep;
+  const Index ks = (F == WeightFormat::q8 || F == WeightFormat::q4) ? (k + step - 1) / step * step : k / step * step;
+  const unsigned char* rows[WR];
+  for (int r = 0; r < WR; ++r) rows[r] = w.row(j + r);
+  Batch acc[XR][WR];
+#pragma GCC unroll 8
+  for (int i = 0; i < XR; ++i)
+#pragma GCC unroll 8
+    for (int r = 0; r < WR; ++r) acc[i][r] = Batch(0.0f);
+  for (Index c = 0; c < ks; c += step) {
+    Batch xv[XR][kS];
+#pragma GCC unroll 8
+    for (int i = 0; i < XR; ++i)
+#pragma GCC unroll 4
+      for (int h = 0; h < kS; ++h) xv[i][h] = Batch::load_unaligned(xs[i] + c + h * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < WR; ++r) {
+      Batch wv[kS];
+      const float d = decode::decode_raw<F>(rows[r], c, wv);
+      if constexpr (F == WeightFormat::q8 || F == WeightFormat::q4) {
+        // d (q . x) per block: one scaling FMA per x row instead of a multiply per weight register.
+        const Batch vd(d);
+#pragma GCC unroll 8
+        for (int i = 0; i < XR; ++i) {
+          Batch p = wv[0] * xv[i][0];
+#pragma GCC unroll 4
+          for (int h = 1; h < kS; ++h) p = simd::fmadd(wv[h], xv[i][h], p);
+          acc[i][r] = simd::fmadd(p, vd, acc[i][r]);
+        }
+      } else {
+#pragma GCC unroll 8
+        for (int i = 0; i < XR; ++i)
+#pragma GCC unroll 4
+          for (int h = 0; h < kS; ++h) acc[i][r] = simd::fmadd(wv[h], xv[i][h], acc[i][r]);
+      }
+    }
+  }
+  for (int i = 0; i < XR; ++i)
+    for (int r = 0; r < WR; ++r) {
+      float s = simd::reduce_add(acc[i][r]);
+      for (Index c = ks; c < k; ++c) s += xs[i][c] * decode_weight(F, rows[r], c);
+      float& out = ys[i][j + r];
+      out = beta == 0.0f ? alpha * s : alpha * s + beta * out;
+    }
+}
+
+// Rows [j0, j1) of W against rows xs[0..m) (m <= kMaxRows): for each group of kWRows W-rows, every
+// group of kXRows x-rows, so the W rows are read from memory once and re-read from L1 by the rest of
+// the batch.
+template <WeightFormat F>
+inline void rows_range(const float* const* xs, Index m, const WeightView& w, Index j0, Index j1, Index k, float* const* ys, float alpha,
+                       float beta) {
+  const auto group = [&]<int WR>(Index j) {
+    for (Index i0 = 0; i0 < m; i0 += kXRows) {
+      const Index xr = std::min<Index>(kXRows, m - i0);
+      if constexpr (kXRows == 4) {
+        if (xr == 4) tile<F, 4, WR>(xs + i0, w, j, k, ys + i0, alpha, beta);
+        else if (xr == 3) tile<F, 3, WR>(xs + i0, w, j, k, ys + i0, alpha, beta);
+        else if (xr == 2) tile<F, 2, WR>(xs + i0, w, j, k, ys + i0, alpha, beta);
+        else tile<F, 1, WR>(xs + i0, w, j, k, ys + i0, alpha, beta);
+      } else {
+        if (xr == 2) tile<F, 2, WR>(xs + i0, w, j, k, ys + i0, alpha, beta);
+        else tile<F, 1, WR>(xs + i0, w, j, k, ys + i0, alpha, beta);
+      }
+    }
+  };
+  Index j = j0;
+  for (; j + kWRows <= j1; j += kWRows) group.template operator()<kWRows>(j);
+  for (; j < j1; ++j) group.template operator()<1>(j);
+}
+
+/// y [m, n] = alpha * x [m, k] W^T + beta * y for m <= kMaxRows, streaming W once; split across
+/// threads by rows of W when W holds at least kParallelBytes. Shapes checked by the caller.
+inline void few_rows(ConstView<float> x, const WeightView& w, View<float> y, float alpha, float beta) {
+  const Index m = x.rows(), k = w.cols, n = w.rows;
+  const Index kp = (k + kQuantBlock - 1) / kQuantBlock * kQuantBlock;
+  // x rows copied with zeros up to whole blocks: the kernels read full 16-steps, and a view's
+  // padding may hold anything (NaN).
+  float* xbuf = thread_scratch<ScratchTag, 0, float>(m * kp);
+  const float* xs[kMaxRows];
+  float* ys[kMaxRows];
+  for (Index i = 0; i < m; ++i) {
+    float* dst = xbuf + i * kp;
+    std::copy_n(x.row(i), k, dst);
+    std::fill(dst + k, dst + kp, 0.0f);
+    xs[i] = dst;
+    ys[i] = y.row(i);
+  }
+  const int threads = w.bytes() >= kParallelBytes && detail::go_parallel(2) ? num_threads() : 1;
+  const Index units = (n + kWRows - 1) / kWRows;
+  const Index parts = std::min<Index>(threads, units);
+  decode::dispatch(w.format, [&]<WeightFormat F>() {
+    parallel_for(0, parts, [&](Index t) {
+      const Index lo = std::min(n, units * t / parts * kWRows), hi = std::min(n, units * (t + 1) / parts * kWRows);
+      rows_range<F>(xs, m, w, lo, hi, k, ys, alpha, beta);
+    }, parts > 1);
+  });
+}
+
+/// The same product for many rows: W dequantised into the packed B panels of the sgemm kernel
+/// (once per block of rows of x), then the register-tiled micro-kernel.
+inline void many_rows(ConstView<float> x, const WeightView& w, View<float> y, float alpha, float beta) {
+  const Index m = x.rows(), n = w.rows, k = w.cols;
+  decode::dispatch(w.format, [&]<WeightFormat F>() {
+    sgemm::run(
+        m, n, k, [&](Index i0, Index mc, Index p0, Index kc, float* out) { sgemm::pack_a(x, false, i0, mc, p0, kc, out); },
+        [&](Index j0, Index nc, Index p0, Index kc, float* out) {
+          float* tmp = thread_scratch<ScratchTag, 1, float>(sgemm::kNr * sgemm::kKc);
+          const float* src[sgemm::kNr];
+          for (Index jr = 0; jr < nc; jr += sgemm::kNr, out += kc * sgemm::kNr) {
+            const Index cols = std::min<Index>(sgemm::kNr, nc - jr);
+            for (Index j = 0; j < cols; ++j) {
+              decode::decode_range<F>(w.row(j0 + jr + j), p0, kc, tmp + j * kc);
+              src[j] = tmp + j * kc;
+            }
+            sgemm::pack_transposed(src, cols, sgemm::kNr, kc, out);
+          }
+        },
+        y, alpha, beta);
+  });
+}
+
+}  // namespace weight_gemm
+
+/// y [m, n] = alpha * x [m, k] W^T + beta * y with W [n, k] in any weight format (beta == 0 ignores
+/// y's contents). Shapes are checked; y must not alias x.
+inline void matmul_nt(ConstView<float> x, const WeightView& w, View<float> y, float alpha = 1.0f, float beta = 0.0f) {
+  check(x.cols() == w.cols, "matmul_nt", "x is [", x.rows(), ", ", x.cols(), "] but the weight is [", w.rows, ", ", w.cols, "]");
+  check(y.rows() == x.rows() && y.cols() == w.rows, "matmul_nt", "y expected shape [", x.rows(), ", ", w.rows, "], got [", y.rows(), ", ",
+        y.cols(), "]");
+  check(!detail::views_overlap<float>(x, y), "matmul_nt", "y shares memory with x: the product needs a separate output");
+  if (y.empty()) return;
+  if (w.cols == 0) {
+    for (Index r = 0; r < y.rows(); ++r)
+      for (Index c = 0; c < y.cols(); ++c) y(r, c) = beta == 0.0f ? 0.0f : beta * y(r, c);
+    return;
+  }
+  if (x.rows() <= weight_gemm::kMaxRows) weight_gemm::few_rows(x, w, y, alpha, beta);
+  else weight_gemm::many_rows(x, w, y, alpha, beta);
+}
+
+ENGRAM_NAMESPACE_END
