@@ -46,6 +46,12 @@ cmake -S tests/consumer -B "$prefix/consumer-tokenizers" -G Ninja -DCMAKE_PREFIX
   -DENGRAM_CONSUMER_TOKENIZERS=ON >/dev/null
 cmake --build "$prefix/consumer-tokenizers"
 "$prefix/consumer-tokenizers/consumer_tokenizers" "$build/tokenizer-data/models/gpt2"
+# ... and with find_package(engram COMPONENTS mpi): engram::mpi links MPI and sums over 2 ranks
+# (OMPI_ALLOW_RUN_AS_ROOT*: Open MPI's permission to run as root, as CI does).
+cmake -S tests/consumer -B "$prefix/consumer-mpi" -G Ninja -DCMAKE_PREFIX_PATH="$prefix/usr" -DCMAKE_BUILD_TYPE=Release \
+  -DENGRAM_CONSUMER_MPI=ON >/dev/null
+cmake --build "$prefix/consumer-mpi"
+OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun --oversubscribe -np 2 "$prefix/consumer-mpi/consumer_mpi"
 
 # 5. every libFuzzer target (tests/fuzz/fuzz_targets: safetensors reader, config.json + HF/TTT/RMT
 #    loaders, tokenizers; the list is written by tests/fuzz/CMakeLists.txt) for 60 s over its committed seed

@@ -6,7 +6,9 @@
 #include <cmath>
 #include <fstream>
 
+#include "engram/namm/distributed.hpp"
 #include "example_util.hpp"
+#include "ranks.hpp"
 
 using namespace engram;
 
@@ -26,7 +28,8 @@ int main(int argc, char** argv) {
   Index generations = 20, population = 32, n_docs = 2, length = 768, n_up = 128;
   double sigma = 0.065, memory_weight = 0.1;
   std::string model_dir, corpus, out = "namm_evolved.safetensors", csv_path = "namm_evolve.csv", ckpt;
-  return cli::run(
+  examples::Ranks ranks(argc, argv);  // under mpirun, the population is evaluated across the MPI ranks
+  return ranks.finish(cli::run(
       argc, argv,
       "engram-namm-evolve: evolves NAMM weights with CMA-ES against a fitness the library computes by itself (fidelity of "
       "next-token distributions to the full cache, plus a reward for the memory freed); writes a CSV fitness curve and the "
@@ -108,30 +111,44 @@ int main(int argc, char** argv) {
         o.lambda = population;
         o.sigma0 = sigma;
         o.seed = cli::seed();
-        Cmaes es = (!ckpt.empty() && std::filesystem::exists(ckpt)) ? Cmaes::load(ckpt) : Cmaes(o);
-        if (es.generation() > 0) std::printf("resumed from %s at generation %td\n", ckpt.c_str(), es.generation());
-        std::ofstream csv(csv_path, es.generation() > 0 ? std::ios::app : std::ios::trunc);
-        check(bool(csv), csv_path, "cannot open for writing");
-        if (es.generation() == 0) csv << "generation,best,mean,sigma,mean_kept_fraction,seconds\n";
-        std::printf("evolving %td NAMM parameters: lambda %td, sigma0 %.3f, %td documents of %td tokens, n_up %td\n", o.dim,
-                    o.lambda, o.sigma0, n_docs, length, cfg.n_up);
-        std::printf("%5s %12s %12s %10s %10s %8s\n", "gen", "best", "mean", "sigma", "kept(mean)", "s");
+        // Every rank holds the same optimiser: each reads the checkpoint, rank 0 alone writes it.
+        train::Collective* const c = ranks.collective();
+        Cmaes es(o);
+        train::all_or_none(c, [&] {
+          if (!ckpt.empty() && std::filesystem::exists(ckpt)) es = Cmaes::load(ckpt);
+        });
+        if (c) train::check_same(*c, namm::fingerprint(es), "the CMA-ES state to start from (every rank must see the same --checkpoint)");
+        std::ofstream csv;
+        train::all_or_none(c, [&] {
+          if (!ranks.root()) return;
+          if (es.generation() > 0) std::printf("resumed from %s at generation %td\n", ckpt.c_str(), es.generation());
+          csv.open(csv_path, es.generation() > 0 ? std::ios::app : std::ios::trunc);
+          check(bool(csv), csv_path, "cannot open for writing");
+          if (es.generation() == 0) csv << "generation,best,mean,sigma,mean_kept_fraction,seconds\n";
+          std::printf("evolving %td NAMM parameters: lambda %td, sigma0 %.3f, %td documents of %td tokens, n_up %td\n", o.dim,
+                      o.lambda, o.sigma0, n_docs, length, cfg.n_up);
+          if (c) std::printf("population evaluated across %s: candidate i on rank i %% %d\n", ranks.describe().c_str(), ranks.size());
+          std::printf("%5s %12s %12s %10s %10s %8s\n", "gen", "best", "mean", "sigma", "kept(mean)", "s");
+        });
         while (es.generation() < generations) {
           const auto t0 = std::chrono::steady_clock::now();
-          const Eigen::MatrixXd x = es.ask();
-          std::vector<double> fitness(static_cast<std::size_t>(x.cols())), kept(static_cast<std::size_t>(x.cols()));
-          parallel_for_dynamic(0, x.cols(), [&](Index i) { fitness[std::size_t(i)] = evaluate(x.col(i), &kept[std::size_t(i)]); });
-          es.tell(fitness);
+          const namm::Generation g = namm::generation(es, c, 2, [&](const Eigen::VectorXd& x, double* v) { v[0] = evaluate(x, &v[1]); });
+          std::vector<double> fitness(static_cast<std::size_t>(g.x.cols())), kept(static_cast<std::size_t>(g.x.cols()));
+          for (Index i = 0; i < g.x.cols(); ++i) fitness[std::size_t(i)] = g.fitness(i), kept[std::size_t(i)] = g.value(i, 1);
           const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
           double mean = 0, kept_mean = 0;
           for (std::size_t i = 0; i < fitness.size(); ++i) mean += fitness[i] / double(fitness.size()), kept_mean += kept[i] / double(kept.size());
           const double best = *std::max_element(fitness.begin(), fitness.end());
-          std::printf("%5td %12.5f %12.5f %10.5f %10.3f %8.1f\n", es.generation(), best, mean, es.sigma(), kept_mean, secs);
-          std::fflush(stdout);
-          csv << es.generation() << ',' << best << ',' << mean << ',' << es.sigma() << ',' << kept_mean << ',' << secs << '\n';
-          csv.flush();
-          if (!ckpt.empty()) es.save(ckpt);
+          train::all_or_none(c, [&] {
+            if (!ranks.root()) return;
+            std::printf("%5td %12.5f %12.5f %10.5f %10.3f %8.1f\n", es.generation(), best, mean, es.sigma(), kept_mean, secs);
+            std::fflush(stdout);
+            csv << es.generation() << ',' << best << ',' << mean << ',' << es.sigma() << ',' << kept_mean << ',' << secs << '\n';
+            csv.flush();
+            if (!ckpt.empty()) es.save(ckpt);
+          });
         }
+        if (!ranks.root()) return 0;  // rank 0 evaluates the mean and writes the weights
         // The paper evaluates the CMA-ES mean, not the best sample.
         double kept = 0;
         const double f = evaluate(es.mean(), &kept);
@@ -144,5 +161,5 @@ int main(int argc, char** argv) {
         std::printf("mean of the search distribution: fitness %.5f, kept %.1f%% of the cache; weights -> %s, curve -> %s\n", f,
                     100 * kept, out.c_str(), csv_path.c_str());
         return 0;
-      });
+      }));
 }

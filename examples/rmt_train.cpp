@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "ranks.hpp"
 #include "engram/eval/memory_tasks.hpp"
 #include "engram/eval/rmt_reader.hpp"
 #include "engram/nn/init.hpp"
@@ -50,7 +51,7 @@ std::vector<Index> parse_list(const std::string& text, const char* option) {
 }
 
 struct Options {
-  std::string task = "fact_memorization", kind = "rmt", arch = "gpt2", mask = "causal", out, background, stages = "1,2,4,6,8",
+  std::string task = "fact_memorization", kind = "rmt", arch = "gpt2", mask = "causal", out, background, init, stages = "1,2,4,6,8",
               stage_steps = "600";
   Index d_model = 64, layers = 2, heads = 4, d_ff = 0, segment = 128, memory = 4, d_mem = 16, batch = 16, micro_batch = 0, warmup = 50,
         min_stage_steps = 100, select_segments = 0, eval_every = 100, eval_samples = 64, log_every = 10, checkpoint_every = 100, k2 = -1;
@@ -80,7 +81,7 @@ tasks::Task parse_task(const std::string& t) {
 }
 
 template <class W>
-int run_training(W& model, const Options& o, const tasks::Corpus& corpus) {
+int run_training(W& model, const Options& o, const tasks::Corpus& corpus, examples::Ranks& ranks) {
   rmt::CurriculumOptions c;
   c.task = parse_task(o.task);
   const auto segments = parse_list(o.stages, "--stages");
@@ -97,6 +98,7 @@ int run_training(W& model, const Options& o, const tasks::Corpus& corpus) {
   c.bptt.k2 = o.k2;
   c.log_every = o.log_every, c.eval_every = o.eval_every, c.checkpoint_every = o.checkpoint_every;
   c.out_dir = o.out, c.resume = o.resume, c.seed = cli::seed();
+  c.collective = ranks.collective();
   const Index s = model.segment_size();
   // Held-out model selection: samples of the eval stream beyond those engram-eval reports
   // (first_sample 10^6), at the stage's longest length.
@@ -113,10 +115,16 @@ int run_training(W& model, const Options& o, const tasks::Corpus& corpus) {
   rmt::CurriculumTrainer<W> trainer(model, corpus, c, held_out);
   Index params = 0;
   model.visit_parameters([&](const std::string&, Tensor<float>& t) { params += t.numel(); });
-  std::printf("engram-rmt-train: %s, %lld parameters; %s; stages %s x %s steps, batch %lld, %d threads\n", model.describe().c_str(),
-              (long long)params, o.task.c_str(), o.stages.c_str(), o.stage_steps.c_str(), (long long)o.batch, cli::threads());
+  if (ranks.root()) {
+    std::printf("engram-rmt-train: %s, %lld parameters; %s; stages %s x %s steps, batch %lld, %d threads\n", model.describe().c_str(),
+                (long long)params, o.task.c_str(), o.stages.c_str(), o.stage_steps.c_str(), (long long)o.batch, cli::threads());
+    if (c.collective)
+      std::printf("data-parallel over %s: micro-batch j on rank j %% %d, gradients summed, held-out accuracy on rank 0\n",
+                  ranks.describe().c_str(), ranks.size());
+  }
   std::fflush(stdout);
   trainer.run([&](const rmt::CurriculumProgress& p) {
+    if (!ranks.root()) return;
     std::printf("step %6lld  stage %lld (<= %lld segments) step %5lld  segments %2lld  loss %.4f  acc %.3f", (long long)p.step,
                 (long long)p.stage + 1, (long long)p.max_segments, (long long)p.stage_step, (long long)p.segments, p.loss, p.train_accuracy);
     if (std::isfinite(p.held_out)) std::printf("  held-out %.3f", p.held_out);
@@ -124,7 +132,7 @@ int run_training(W& model, const Options& o, const tasks::Corpus& corpus) {
                 duration(p.eta_s).c_str());
     std::fflush(stdout);
   });
-  if (!o.out.empty()) std::printf("best checkpoint: %s\n", (std::filesystem::path(o.out) / "best").string().c_str());
+  if (!o.out.empty() && ranks.root()) std::printf("best checkpoint: %s\n", (std::filesystem::path(o.out) / "best").string().c_str());
   return 0;
 }
 
@@ -132,7 +140,8 @@ int run_training(W& model, const Options& o, const tasks::Corpus& corpus) {
 
 int main(int argc, char** argv) {
   Options o;
-  return cli::run(
+  examples::Ranks ranks(argc, argv);  // MPI ranks under mpirun (data-parallel), else one process
+  return ranks.finish(cli::run(
       argc, argv,
       "engram-rmt-train: trains a byte-level RMT or ARMT on a memory task by curriculum over segments (one segment first, more as "
       "the held-out accuracy converges); writes OUT/best (the best checkpoint of the last stage, loadable with rmt::load or "
@@ -158,8 +167,8 @@ int main(int argc, char** argv) {
         app.add_option("--select-segments", o.select_segments, "held-out length (segments) of the last stage's checkpoint selection (0: its own)")
             ->check(CLI::Range(Index(0), Index(1) << 20));
         app.add_option("--advance", o.advance, "held-out accuracy that ends a stage early (> 1: never; the last stage runs its budget)")->check(cli::range(0.0, 2.0));
-        app.add_option("--batch", o.batch, "sequences per optimizer step")->check(CLI::Range(Index(1), Index(4096)));
-        app.add_option("--micro-batch", o.micro_batch, "sequences per forward/backward, run in parallel (0: batch / threads)")
+        app.add_option("--batch", o.batch, "sequences per optimizer step (all ranks together under mpirun)")->check(CLI::Range(Index(1), Index(4096)));
+        app.add_option("--micro-batch", o.micro_batch, "sequences per forward/backward, run in parallel (0: batch / threads, / ranks under mpirun)")
             ->check(CLI::Range(Index(0), Index(4096)));
         app.add_option("--lr", o.lr, "peak learning rate of each stage")->check(cli::range(1e-8, 1.0));
         app.add_option("--min-lr", o.min_lr, "learning rate at the end of each stage")->check(cli::range(0.0, 1.0));
@@ -175,6 +184,8 @@ int main(int argc, char** argv) {
         app.add_option("--log-every", o.log_every, "progress line every N steps")->check(CLI::Range(Index(1), Index(1) << 30));
         app.add_option("--checkpoint-every", o.checkpoint_every, "checkpoint every N steps")->check(CLI::Range(Index(1), Index(1) << 30));
         app.add_flag("--resume", o.resume, "continue from OUT/checkpoint if it exists");
+        app.add_option("--init", o.init, "start from the weights of this checkpoint (same model options; e.g. a previous run's OUT/best)")
+            ->check(CLI::ExistingDirectory);
       },
       [&] {
         if (o.min_lr > o.lr) cli::usage_error("--min-lr", "must not exceed --lr");
@@ -191,7 +202,7 @@ int main(int argc, char** argv) {
           rmt::RecurrentWrapper<float> model(rmt::MemoryCell<float>(
               bb, rmt::Config::decoder(o.memory, o.segment, o.mask == "causal" ? rmt::MemoryMask::causal : rmt::MemoryMask::bidirectional),
               std::move(memory)));
-          return run_training(model, o, corpus);
+          return run_training(model, o, corpus, ranks);
         }
         if (o.mask != "causal") cli::usage_error("--memory-mask", "applies to --kind rmt (ARMT's memory tokens are write-only)");
         auto bb = std::make_shared<Decoder<float>>(Decoder<float>::create(backbone_config(o, o.segment + o.memory)));
@@ -199,6 +210,6 @@ int main(int argc, char** argv) {
         rmt::ArmtConfig ac = rmt::ArmtConfig::make(o.memory, o.segment, o.d_mem);
         rmt::ArmtWrapper<float> model(bb, ac, rmt::hf_initial_memory(*bb, o.memory, cli::seed() + 1),
                                       rmt::init_associative<float>(*bb, ac, cli::seed() + 2));
-        return run_training(model, o, corpus);
-      });
+        return run_training(model, o, corpus, ranks);
+      }));
 }

@@ -1,16 +1,21 @@
-// engram-train: trains a byte-level language model (Llama- or GPT-2-style) on a text corpus (by
+// engram-train: trains a byte-level language model (Llama- or GPT-2-style with full or sliding-window
+// attention, or a TTT-Linear/TTT-MLP model on the Transformer or Mamba backbone) on a text corpus (by
 // default the King James Bible of Debian's bible-kjv) or on a long-context memory task, with AdamW,
 // warm-up and cosine decay; progress on one line, CSV + SVG curves, checkpoints and --resume. The
-// result is a Hugging Face model directory that engram-generate and engram-eval read.
+// result is a Hugging Face model directory (ttt-lm-pytorch's layout for TTT) that engram-generate
+// and engram-eval read.
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <string>
 
 #include "cli.hpp"
+#include "ranks.hpp"
 #include "engram/nn/init.hpp"
 #include "engram/tasks/corpus.hpp"
 #include "engram/train/trainer.hpp"
+#include "engram/ttt/init.hpp"
+#include "engram/ttt/save.hpp"
 
 using namespace engram;
 
@@ -28,6 +33,7 @@ std::string duration(double s) {
 struct ModelOptions {
   std::string arch = "llama";
   std::string mixer = "attention";
+  std::string backbone = "transformer";
   Index window = 256;
   Index d_model = 256, layers = 4, heads = 4, kv_heads = 0, d_ff = 0, context = 256;
   double init_std = 0.02;
@@ -57,6 +63,32 @@ ModelConfig model_config(const ModelOptions& o) {
   return c;
 }
 
+bool is_ttt(const ModelOptions& o) { return o.mixer == "ttt-linear" || o.mixer == "ttt-mlp"; }
+
+// A TTT model of the same width, depth and SwiGLU as the Llama-style one (ttt.md 6.2: mini-batch 16,
+// eta_base 1.0 for TTT-Linear and 0.1 for TTT-MLP).
+ttt::ModelSpec ttt_spec(const ModelOptions& o) {
+  if (o.arch != "llama") cli::usage_error("--mixer", "TTT blocks are Llama-style (RMSNorm, SwiGLU): use --arch llama");
+  if (o.kv_heads > 0 && o.kv_heads != o.heads) cli::usage_error("--kv-heads", "TTT layers have no key/value heads");
+  const ModelConfig c = model_config(o);
+  const ttt::Kind kind = o.mixer == "ttt-linear" ? ttt::Kind::linear : ttt::Kind::mlp;
+  ttt::ModelSpec s;
+  s.layer = o.backbone == "mamba" ? ttt::Config::mamba(kind, o.d_model, o.heads) : ttt::Config::transformer(kind, o.d_model, o.heads);
+  s.vocab_size = c.vocab_size, s.n_layers = c.n_layers, s.d_ff = c.d_ff, s.rms_eps = c.norm_eps, s.tie_embeddings = c.tie_embeddings;
+  s.validate();
+  return s;
+}
+
+// Analytic training FLOPs per token (forward + backward, LM head included) from the layers' FLOP
+// counters, over one training sequence; the model is not changed.
+double training_flops_per_token(const Decoder<float>& model, const train::BatchSource& source) {
+  Gradients<float> grads(const_cast<Decoder<float>&>(model));
+  train::StepBuffers<float> buf;
+  const train::Batch b = source.train_batch(0, 0, 1);
+  train::lm_step<float>(model, b, &grads, buf, 1.0f / float(b.rows()));
+  return buf.flops.total() / double(b.rows());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -67,7 +99,8 @@ int main(int argc, char** argv) {
   double lr = 3e-3, min_lr = 3e-4, weight_decay = 0.1, clip = 1.0, clip_value = 0.0, held_out = 0.02, beta2 = 0.95;
   std::string decay = "cosine";
   bool resume = false, checkpointing = false;
-  return cli::run(
+  examples::Ranks ranks(argc, argv);  // MPI ranks under mpirun (data-parallel), else one process
+  return ranks.finish(cli::run(
       argc, argv,
       "engram-train: trains a byte-level language model (Llama- or GPT-2-style) with AdamW on a text corpus (default: the King "
       "James Bible of Debian's bible-kjv) or on a memory task; writes OUT/checkpoint (a Hugging Face model directory), "
@@ -81,8 +114,10 @@ int main(int argc, char** argv) {
         app.add_option("--task-length", task_length, "tokens per task sample, question included")->check(CLI::Range(Index(64), Index(1) << 20));
         app.add_option("--background", background, "background text of the memory tasks (default: Debian's fortunes)")->check(cli::regular_file());
         app.add_option("--arch", mo.arch, "block layout")->check(CLI::IsMember({"llama", "gpt2"}));
-        app.add_option("--mixer", mo.mixer, "sequence mixer: full causal attention, or sliding-window attention (swa, --window keys)")
-            ->check(CLI::IsMember({"attention", "swa"}));
+        app.add_option("--mixer", mo.mixer, "sequence mixer: full causal attention, sliding-window attention (swa, --window keys), or a TTT layer")
+            ->check(CLI::IsMember({"attention", "swa", "ttt-linear", "ttt-mlp"}));
+        app.add_option("--backbone", mo.backbone, "block of a TTT model: transformer (TTT, SwiGLU) or mamba (causal conv, shared q/k with convs, gate)")
+            ->check(CLI::IsMember({"transformer", "mamba"}));
         app.add_option("--window", mo.window, "keys each query sees with --mixer swa")->check(CLI::Range(Index(1), Index(1) << 24));
         app.add_option("--d-model", mo.d_model, "width")->check(CLI::Range(Index(8), Index(8192)));
         app.add_option("--layers", mo.layers, "blocks")->check(CLI::Range(Index(1), Index(256)));
@@ -92,8 +127,8 @@ int main(int argc, char** argv) {
         app.add_option("--context", mo.context, "training context in tokens (lm)")->check(CLI::Range(Index(2), Index(1) << 20));
         app.add_option("--init-std", mo.init_std, "standard deviation of the initial weights")->check(cli::range(1e-6, 1.0));
         app.add_option("--steps", steps, "optimizer steps")->check(CLI::Range(Index(1), Index(1) << 40));
-        app.add_option("--batch", batch, "sequences per optimizer step")->check(CLI::Range(Index(1), Index(1) << 20));
-        app.add_option("--micro-batch", micro_batch, "sequences per forward/backward, gradients accumulated (0: the whole batch)")
+        app.add_option("--batch", batch, "sequences per optimizer step (all ranks together under mpirun)")->check(CLI::Range(Index(1), Index(1) << 20));
+        app.add_option("--micro-batch", micro_batch, "sequences per forward/backward, gradients accumulated (0: the whole batch; under mpirun, batch / ranks)")
             ->check(CLI::Range(Index(0), Index(1) << 20));
         app.add_option("--lr", lr, "peak learning rate")->check(cli::range(1e-8, 10.0));
         app.add_option("--min-lr", min_lr, "final learning rate")->check(cli::range(0.0, 10.0));
@@ -130,29 +165,45 @@ int main(int argc, char** argv) {
           mo.context = source->seq_len();
         }
         // Model.
-        const ModelConfig config = model_config(mo);
-        Decoder<float> model = Decoder<float>::create(config);
-        init_for_training(model, cli::seed(), mo.init_std);
+        Decoder<float> model = is_ttt(mo) ? ttt::make_decoder<float>(ttt_spec(mo)) : Decoder<float>::create(model_config(mo));
+        if (is_ttt(mo)) ttt::init_for_training(model, cli::seed(), mo.init_std);
+        else init_for_training(model, cli::seed(), mo.init_std);
+        const ModelConfig& config = model.config;
+        train::ModelIO<float> model_io;  // Hugging Face layout; ttt-lm-pytorch's for TTT models
+        if (is_ttt(mo)) {
+          model_io.save = [](const Decoder<float>& m, const std::filesystem::path& d) { ttt::save_decoder<float>(m, d); };
+          model_io.load = [](const std::filesystem::path& d) { return ttt::load_decoder<float>(d); };
+        }
         train::TrainerOptions o;
         o.steps = steps, o.batch = batch, o.micro_batch = micro_batch;
         o.schedule = {.peak = lr, .min_lr = min_lr, .warmup = warmup, .total = steps, .decay = train::parse_decay(decay)};
         o.adamw.weight_decay = weight_decay, o.adamw.clip_norm = clip, o.adamw.clip_value = clip_value, o.adamw.beta2 = beta2;
         o.log_every = log_every, o.eval_every = eval_every, o.eval_batches = eval_batches, o.checkpoint_every = checkpoint_every;
         o.out_dir = out, o.resume = resume, o.seed = cli::seed();
+        o.collective = ranks.collective();
         if (checkpointing) o.step.checkpoint = [](Index) { return true; };
-        std::printf("engram-train: %s model, %lld parameters (d %lld, %lld layers, %lld heads), %s; %lld steps of %lld x %lld tokens, %d threads\n",
+        if (ranks.root()) std::printf("engram-train: %s model, %lld parameters (d %lld, %lld layers, %lld heads), %s; %lld steps of %lld x %lld tokens, %d threads\n",
                     config.architecture.c_str(), (long long)model.n_params(), (long long)config.d_model, (long long)config.n_layers,
                     (long long)config.n_heads, source->describe().c_str(), (long long)steps, (long long)batch, (long long)source->seq_len(),
                     cli::threads());
-        train::Trainer<float> trainer(model, *source, o);
+        if (ranks.root() && o.collective) {
+          const Index micro = micro_batch > 0 ? micro_batch : (batch + ranks.size() - 1) / ranks.size();
+          std::printf("data-parallel over %s: micro-batches of %lld sequences, micro-batch j on rank j %% %d, gradients summed\n",
+                      ranks.describe().c_str(), (long long)micro, ranks.size());
+        }
+        if (ranks.root())
+          std::printf("mixer %s%s; training FLOPs per token (analytic, forward + backward): %.4g\n", mo.mixer.c_str(),
+                      is_ttt(mo) ? (" on the " + mo.backbone + " backbone").c_str() : "", training_flops_per_token(model, *source));
+        train::Trainer<float> trainer(model, *source, o, model_io);
         trainer.run([&](const train::Progress& p) {
+          if (!ranks.root()) return;
           std::printf("step %6lld/%lld  loss %.4f (%.3f bits)", (long long)p.step, (long long)p.steps, p.loss, train::Progress::bits(p.loss));
           if (std::isfinite(p.held_out)) std::printf("  held-out %.4f (%.3f bits)", p.held_out, train::Progress::bits(p.held_out));
           std::printf("  lr %.2e  |g| %.3f  %.0f tok/s  elapsed %s  ETA %s\n", p.lr, p.grad_norm, p.tokens_per_s, duration(p.elapsed_s).c_str(),
                       duration(p.eta_s).c_str());
           std::fflush(stdout);
         });
-        std::printf("wrote %s/checkpoint (a Hugging Face model directory), %s/train.csv, %s/train.svg\n", out.c_str(), out.c_str(), out.c_str());
+        if (ranks.root()) std::printf("wrote %s/checkpoint (a Hugging Face model directory), %s/train.csv, %s/train.svg\n", out.c_str(), out.c_str(), out.c_str());
         return 0;
-      });
+      }));
 }

@@ -4,7 +4,8 @@
 // weights of the previous. Every training sample is freshly generated (tasks::make_sample through
 // train::TaskSource, answer bytes appended, loss on the answer) with a length drawn up to the
 // stage's maximum; AdamW with warm-up, decay and clipping; best-checkpoint selection on held-out
-// samples; CSV + SVG curves; checkpoints and bit-identical resume.
+// samples; CSV + SVG curves; checkpoints and bit-identical resume; data-parallel over the ranks
+// of a train::Collective.
 #pragma once
 
 #include <chrono>
@@ -23,6 +24,7 @@
 #include "engram/rmt/save.hpp"
 #include "engram/train/checkpoint.hpp"
 #include "engram/train/data.hpp"
+#include "engram/train/data_parallel.hpp"
 #include "engram/train/schedule.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
@@ -57,6 +59,11 @@ struct CurriculumOptions {
   std::filesystem::path out_dir;    ///< checkpoint/, best/, curriculum.csv, curriculum_*.svg (empty: nothing written)
   bool resume = false;              ///< continue from out_dir/checkpoint when it exists
   std::uint64_t seed = 1;
+  /// Data-parallel ranks (null: one process), as train::TrainerOptions::collective: micro-batch j
+  /// on rank j % size (default micro-batch: batch / (threads x ranks)), gradients and statistics
+  /// summed over the ranks, the same AdamW step everywhere; rank 0 evaluates the held-out accuracy
+  /// (broadcast, so every rank ends a stage together) and writes out_dir.
+  train::Collective* collective = nullptr;
 
   void validate() const {
     const char* where = "rmt::CurriculumOptions";
@@ -152,7 +159,9 @@ class CurriculumTrainer {
 
   /// Runs (or resumes) every stage. `on_progress` gets every logged record.
   void run(const std::function<void(const CurriculumProgress&)>& on_progress = {}) {
+    train::Collective* const c = options_.collective;
     if (options_.resume) resume();
+    if (c) train::check_same(*c, train::parameter_fingerprint(grads_), "the weights at the start of training");
     const auto t0 = std::chrono::steady_clock::now();
     Index total_steps = 0;
     for (const auto& s : options_.stages) total_steps += s.steps;
@@ -171,8 +180,11 @@ class CurriculumTrainer {
         const bool eval = stage_step_ % options_.eval_every == 0 || stage_over;
         const bool last_stage = stage_ + 1 == Index(options_.stages.size());
         if (eval) {
-          p.held_out = held_out_(model_, last_stage && options_.final_eval_segments > 0 ? options_.final_eval_segments : st.segments);
-          if (p.held_out > best_accuracy_) {
+          train::all_or_none(c, [&] {
+            if (train::is_root(c)) p.held_out = held_out_(model_, last_stage && options_.final_eval_segments > 0 ? options_.final_eval_segments : st.segments);
+          });
+          if (c) c->broadcast(std::as_writable_bytes(std::span(&p.held_out, 1)), 0);
+          if (p.held_out >= best_accuracy_) {  // ties: the later weights (lower learning rate)
             best_accuracy_ = p.held_out;
             keep_best();
           }
@@ -189,7 +201,9 @@ class CurriculumTrainer {
           p.eta_s = step_ > first_step ? run_s / double(step_ - first_step) * double(left) : 0;
           history_.push_back(p);
           if (on_progress) on_progress(p);
-          write_curves();
+          train::all_or_none(c, [&] {
+            if (train::is_root(c)) write_curves();
+          });
         }
         if (done) {
           // The next stage starts from this one's best weights (rmt.md 3: --model_cpt of model_best).
@@ -206,7 +220,9 @@ class CurriculumTrainer {
               --stage_;
               optimizer_.reset();
             } else {
-              save(model_, options_.out_dir / "final");
+              train::all_or_none(c, [&] {
+                if (train::is_root(c)) save(model_, options_.out_dir / "final");
+              });
             }
           }
         } else if (!options_.out_dir.empty() && stage_step_ % options_.checkpoint_every == 0) {
@@ -221,7 +237,8 @@ class CurriculumTrainer {
  private:
   Index micro() const {
     if (options_.micro_batch > 0) return options_.micro_batch;
-    return std::max<Index>(1, (options_.batch + num_threads() - 1) / num_threads());
+    const Index workers = Index(num_threads()) * train::ranks(options_.collective);
+    return std::max<Index>(1, (options_.batch + workers - 1) / workers);
   }
   Index remaining_steps(const CurriculumStage& st) const {
     Index left = st.steps - stage_step_;
@@ -235,30 +252,47 @@ class CurriculumTrainer {
   void new_stage_optimizer() { optimizer_ = std::make_unique<train::AdamW<T>>(grads_, options_.adamw); }
 
   CurriculumProgress step() {
+    train::Collective* const c = options_.collective;
     const Index mb = micro(), n_micro = (options_.batch + mb - 1) / mb;
     ++stage_step_;
     ++step_;
-    // Micro-batches run in parallel, each into its own gradients, summed in a fixed order: the
-    // result does not depend on the thread count.
-    while (Index(micro_grads_.size()) < n_micro) micro_grads_.emplace_back(model_), micro_bufs_.emplace_back();
+    // Micro-batches (this rank's: j % ranks == rank) run in parallel, each into its own gradients,
+    // summed in a fixed order: the result does not depend on the thread count.
     std::vector<TrainBatch> batches;
-    Index count = 0;
-    for (Index j = 0; j < n_micro; ++j) {
-      batches.push_back(batch(stage_, stage_step_, j, std::min(mb, options_.batch - j * mb)));
-      count += batches.back().count(Layout::decoder);
-    }
+    double count = 0;  // labelled positions of the whole batch (every rank's)
+    train::all_or_none(c, [&] {
+      for (Index j = 0; j < n_micro; ++j)
+        if (train::owns(c, j)) {
+          batches.push_back(batch(stage_, stage_step_, j, std::min(mb, options_.batch - j * mb)));
+          count += double(batches.back().count(Layout::decoder));
+        }
+    });
+    if (c) c->sum(std::span(&count, 1));
     check(count > 0, "rmt::CurriculumTrainer", "step ", step_, ": the batch has no labelled position");
-    std::vector<StepStats> stats(static_cast<std::size_t>(n_micro));
+    const Index n_local = Index(batches.size());
+    while (Index(micro_grads_.size()) < n_local) micro_grads_.emplace_back(model_), micro_bufs_.emplace_back();
+    std::vector<StepStats> stats(static_cast<std::size_t>(n_local));
     BpttOptions bo = options_.bptt;
     bo.accuracy = true;
-    parallel_for(0, n_micro, [&](Index j) {
-      micro_grads_[std::size_t(j)].zero();
-      stats[std::size_t(j)] = model_.train_step(batches[std::size_t(j)], &micro_grads_[std::size_t(j)], micro_bufs_[std::size_t(j)],
-                                                T(1.0 / double(count)), bo);
+    train::all_or_none(c, [&] {
+      parallel_for(0, n_local, [&](Index j) {
+        micro_grads_[std::size_t(j)].zero();
+        stats[std::size_t(j)] = model_.train_step(batches[std::size_t(j)], &micro_grads_[std::size_t(j)], micro_bufs_[std::size_t(j)],
+                                                  T(1.0 / count), bo);
+      });
     });
     grads_.zero();
     StepStats total;
-    for (Index j = 0; j < n_micro; ++j) grads_ += micro_grads_[std::size_t(j)], total += stats[std::size_t(j)];
+    for (Index j = 0; j < n_local; ++j) grads_ += micro_grads_[std::size_t(j)], total += stats[std::size_t(j)];
+    if (c) {
+      reducer_.sum(grads_, *c);
+      // Every rank's statistics; segments is a maximum over the micro-batches, and every rank's
+      // micro-batches of a step have the same length.
+      double sums[5] = {total.loss_sum, double(total.count), double(total.correct), double(total.sequences), double(total.tokens)};
+      c->sum(sums);
+      total.loss_sum = sums[0], total.count = Index(sums[1]), total.correct = Index(sums[2]), total.sequences = Index(sums[3]);
+      total.tokens = Index(sums[4]);
+    }
     CurriculumProgress p;
     p.step = step_, p.stage = stage_, p.stage_step = stage_step_;
     p.max_segments = options_.stages[std::size_t(stage_)].segments;
@@ -279,7 +313,9 @@ class CurriculumTrainer {
   void keep_best() {
     best_.clear();
     model_.visit_parameters([&](const std::string&, Tensor<T>& t) { best_.push_back(t.copy()); });
-    if (!options_.out_dir.empty()) save(model_, options_.out_dir / "best");
+    train::all_or_none(options_.collective, [&] {
+      if (!options_.out_dir.empty() && train::is_root(options_.collective)) save(model_, options_.out_dir / "best");
+    });
   }
   void restore_best() {
     if (best_.empty()) return;
@@ -287,8 +323,16 @@ class CurriculumTrainer {
     model_.visit_parameters([&](const std::string&, Tensor<T>& t) { copy<T>(best_[i++].view(), t.view()); });
   }
 
-  // out_dir/checkpoint: the model, the optimizer and where the curriculum stands.
+  // out_dir/checkpoint: the model, the optimizer and where the curriculum stands (rank 0 writes the
+  // weights every rank holds, checked first).
   void checkpoint() {
+    train::Collective* const c = options_.collective;
+    if (c) train::check_same(*c, train::parameter_fingerprint(grads_), "the weights at step " + std::to_string(step_));
+    train::all_or_none(c, [&] {
+      if (train::is_root(c)) write_checkpoint();
+    });
+  }
+  void write_checkpoint() {
     json::Value state = json::Value::object();
     state.set("stage", json::Value(std::int64_t(stage_)));
     state.set("stage_step", json::Value(std::int64_t(stage_step_)));
@@ -302,7 +346,16 @@ class CurriculumTrainer {
     io.save = [&](const Decoder<T>&, const std::filesystem::path& d) { save(model_, d); };
     train::save_checkpoint<T>(options_.out_dir / "checkpoint", io, model_.backbone(), *optimizer_, std::move(state));
   }
+  // Every rank reads the checkpoint; rank 0's step and weights must be everyone's.
   void resume() {
+    train::all_or_none(options_.collective, [&] { resume_here(); });
+    if (train::Collective* c = options_.collective) {
+      const std::uint64_t step = std::uint64_t(step_);
+      train::check_same(*c, train::fingerprint(&step, sizeof step, train::parameter_fingerprint(grads_)),
+                        "the resumed step and weights (every rank must see the same " + (options_.out_dir / "checkpoint").string() + ")");
+    }
+  }
+  void resume_here() {
     const std::filesystem::path dir = train::resumable_checkpoint(options_.out_dir / "checkpoint");
     if (dir.empty()) return;
     const json::Value state = read_json_file(dir / "trainer.json");
@@ -378,6 +431,7 @@ class CurriculumTrainer {
   CurriculumOptions options_;
   HeldOut held_out_;
   Gradients<T> grads_;
+  train::GradientReducer<T> reducer_;
   std::unique_ptr<train::AdamW<T>> optimizer_;
   std::vector<Gradients<T>> micro_grads_;
   std::vector<typename W::TrainBuffers> micro_bufs_;
