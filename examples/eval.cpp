@@ -3,6 +3,7 @@
 // likelihood of the 6 candidate answers, with a 95% Wilson interval. (2) Held-out bits per token by
 // position in the context. Any model through one interface: a Hugging Face decoder, the same with a
 // KV-cache policy, a TTT model, an RMT or ARMT. Prints tables; writes CSV + SVG.
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -60,7 +61,8 @@ int main(int argc, char** argv) {
   std::string model_dir, policy = "none", budget = "", namm_weights, task = "all", lengths_text = "1024", background, corpus = "kjv", out;
   Index samples = 100, segment_size = 0, context = 2048, windows = 16, bucket = 256;
   double held_out = 0.02;
-  bool bpb = false, no_tasks = false;
+  Index decode_steps = 64;
+  bool bpb = false, no_tasks = false, cost = false;
   return cli::run(
       argc, argv,
       "engram-eval: scores a model on what it remembers: memory-task accuracy by length (likelihood of the 6 candidate answers, "
@@ -82,7 +84,10 @@ int main(int argc, char** argv) {
         app.add_option("--context", context, "tokens per --bpb window")->check(CLI::Range(Index(2), Index(1) << 24));
         app.add_option("--windows", windows, "windows for --bpb")->check(CLI::Range(Index(1), Index(1) << 20));
         app.add_option("--bucket", bucket, "positions per --bpb bucket")->check(CLI::Range(Index(1), Index(1) << 24));
-        app.add_option("--out", out, "prefix of the CSV and SVG files written (PREFIX_tasks.csv/.svg, PREFIX_bpb.csv/.svg)");
+        app.add_flag("--cost", cost, "inference cost at --context: prefill time and FLOPs of one window of held-out text, then the decode "
+                     "time per token of --decode-steps more tokens, and the state's bytes");
+        app.add_option("--decode-steps", decode_steps, "tokens decoded one at a time after the prefill for --cost")->check(CLI::Range(Index(1), Index(1) << 20));
+        app.add_option("--out", out, "prefix of the CSV and SVG files written (PREFIX_tasks.csv/.svg, PREFIX_bpb.csv/.svg, PREFIX_cost.csv)");
       },
       [&] {
         const Decoder<float> model = load_any_decoder(model_dir);
@@ -157,6 +162,36 @@ int main(int argc, char** argv) {
               s.points.push_back({double((Index(b) * bucket + std::min<Index>(Index(b + 1) * bucket, context)) / 2), c.bits[b]});
             }
             svg::chart(out + "_bpb.svg", "held-out bits per token by position", {"position in the context"}, {"bits per token"}, {s});
+          }
+        }
+        if (cost) {
+          // One sequence read as a server would: a prefill of the whole context, then token-by-token
+          // decode; wall time, the layers' analytic FLOPs and the state (KV cache or inner model).
+          const train::TextCorpus text = corpus == "kjv" ? train::TextCorpus::kjv(held_out) : train::TextCorpus::from_file(corpus, held_out);
+          const std::vector<std::int32_t> ids = codec->encode(text.held_out());
+          if (Index(ids.size()) < context + decode_steps)
+            cli::usage_error("--context", "held-out text of " + std::to_string(ids.size()) + " tokens is shorter than --context + --decode-steps");
+          using clock = std::chrono::steady_clock;
+          auto state = model.make_state(cache_policy.get());
+          const auto t0 = clock::now();
+          model.prefill(std::span<const std::int32_t>(ids.data(), std::size_t(context)), state);
+          const double prefill_s = std::chrono::duration<double>(clock::now() - t0).count();
+          const double prefill_flops = state.flops.total();
+          const std::size_t prefill_bytes = state.bytes();
+          const auto t1 = clock::now();
+          for (Index i = 0; i < decode_steps; ++i) model.decode(ids[std::size_t(context + i)], state);
+          const double decode_s = std::chrono::duration<double>(clock::now() - t1).count() / double(decode_steps);
+          const double decode_flops = (state.flops.total() - prefill_flops) / double(decode_steps);
+          std::printf("\ninference cost at context %lld (%d threads): prefill %.3f s (%.0f tokens/s, %.4g FLOPs/token), state %.1f KiB; "
+                      "decode %.3f ms/token (%.4g FLOPs/token), state %.1f KiB after %lld more tokens\n",
+                      (long long)context, cli::threads(), prefill_s, double(context) / prefill_s, prefill_flops / double(context),
+                      double(prefill_bytes) / 1024.0, 1e3 * decode_s, decode_flops, double(state.bytes()) / 1024.0, (long long)decode_steps);
+          if (!out.empty()) {
+            std::ofstream f(out + "_cost.csv");
+            f << "model,policy,context,threads,prefill_s,prefill_flops_per_token,prefill_state_bytes,decode_s_per_token,decode_flops_per_token,"
+                 "decode_state_bytes\n";
+            f << model_dir << ',' << policy << ',' << context << ',' << cli::threads() << ',' << prefill_s << ',' << prefill_flops / double(context) << ','
+              << prefill_bytes << ',' << decode_s << ',' << decode_flops << ',' << state.bytes() << '\n';
           }
         }
         return 0;

@@ -1,7 +1,9 @@
 // TTT language models: loading ttt-lm-pytorch configs and checkpoints, golden logits of the PyTorch
 // reference (prefill and decode), the Decoder invariants with TTT mixers, FLOP accounting, and the
 // loader's errors.
+#include "engram/ttt/init.hpp"
 #include "engram/ttt/loader.hpp"
+#include "engram/ttt/save.hpp"
 #include "test_util.hpp"
 
 using namespace engram;
@@ -252,4 +254,38 @@ TEST_CASE("an untied TTT checkpoint reads lm_head.weight", "[ttt][loader]") {
   auto s = m.make_state();
   const auto logits = m.prefill(test::read_tokens(golden), s, {.chunk = 0, .all_logits = true});
   CHECK(test::relative_error<float>(logits.view(), golden.read<float>("logits").view()) <= 1e-5);
+}
+
+TEST_CASE("TTT models initialised for training save in ttt-lm-pytorch's names and load back exactly", "[ttt][loader][save]") {
+  // Both inner models on both backbones, untied and tied heads: the saver and the loader share one
+  // name table (ttt::bind_model), so every tensor must come back bit for bit and give the same logits.
+  std::vector<std::int32_t> tokens;
+  for (int i = 0; i < 37; ++i) tokens.push_back(std::int32_t((i * 29 + 5) % 61));
+  for (const ttt::Kind kind : {ttt::Kind::linear, ttt::Kind::mlp})
+    for (const bool mamba : {false, true}) {
+      ttt::ModelSpec spec;
+      spec.layer = mamba ? ttt::Config::mamba(kind, 32, 2) : ttt::Config::transformer(kind, 32, 2);
+      spec.vocab_size = 61, spec.n_layers = 2, spec.d_ff = 48, spec.tie_embeddings = !mamba;
+      spec.validate();
+      INFO((kind == ttt::Kind::linear ? "linear" : "mlp") << (mamba ? " mamba" : " transformer"));
+      auto m = ttt::make_decoder<float>(spec);
+      ttt::init_for_training(m, 7, 0.05);
+      test::TempDir dir;
+      ttt::save_decoder<float>(m, dir.path());
+      auto back = ttt::load_decoder<float>(dir.path());
+      std::vector<std::pair<std::string, const Tensor<float>*>> want, got;
+      m.visit_parameters([&](const std::string& name, Tensor<float>& t) { want.emplace_back(name, &t); });
+      back.visit_parameters([&](const std::string& name, Tensor<float>& t) { got.emplace_back(name, &t); });
+      REQUIRE(got.size() == want.size());
+      for (std::size_t i = 0; i < want.size(); ++i) {
+        INFO(want[i].first);
+        CHECK(got[i].first == want[i].first);
+        REQUIRE(got[i].second->numel() == want[i].second->numel());
+        CHECK(test::relative_error<float>(got[i].second->view(), want[i].second->view()) == 0.0);
+      }
+      auto s0 = m.make_state(), s1 = back.make_state();
+      const auto a = m.prefill(tokens, s0, {.chunk = 0, .all_logits = true});
+      const auto b = back.prefill(tokens, s1, {.chunk = 0, .all_logits = true});
+      CHECK(test::relative_error<float>(b.view(), a.view()) == 0.0);
+    }
 }

@@ -28,9 +28,9 @@ class WeightExporter {
   }
   void ignore_if(std::function<bool(const std::string&)>) {}
 
-  /// Writes rows [row0, row0 + shape[0]) of `src` as tensor `name` of `shape` (rank 1: the
-  /// elements from row0 of a rank-1 tensor, or row row0 of a matrix), transposed when stored
-  /// [in, out].
+  /// Writes rows [row0, row0 + rows) of `src` as tensor `name` of `shape` (rank 1: the elements
+  /// from row0 of a rank-1 tensor, or row row0 of a matrix; rank >= 2: rows = the product of all
+  /// but the last dimension, as WeightBinder reads them), transposed when stored [in, out].
   void rows_into(const std::string& name, std::vector<std::int64_t> shape, const Tensor<T>& src, Index row0 = 0,
                  bool transpose = false) {
     Tensor<T> t;
@@ -39,8 +39,7 @@ class WeightExporter {
       const T* from = src.rank() == 1 ? src.data() + row0 : src.row(row0);
       std::copy_n(from, shape[0], t.data());
     } else {
-      check(shape.size() == 2, "hf::WeightExporter", "tensor \"", name, "\" of rank ", shape.size());
-      t = Tensor<T>({Index(shape[0]), Index(shape[1])});
+      t = Tensor<T>(Shape::from_range(shape.begin(), shape.end()));
       for (Index r = 0; r < t.rows(); ++r)
         for (Index c = 0; c < t.cols(); ++c) t(r, c) = transpose ? src(row0 + c, r) : src(row0 + r, c);
     }

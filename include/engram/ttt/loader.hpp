@@ -72,9 +72,11 @@ io::ModelSize model_size(const ModelSpec& s) {
   return {n, sizeof(T), 0};
 }
 
-/// Binds one block's tensors under `prefix` (e.g. "model.layers.3.") into a block from make_block.
-template <class T>
-void bind_block(hf::WeightBinder<T>& b, const std::string& prefix, const ModelSpec& spec, Block<T>& block) {
+/// Names one block's tensors under `prefix` (e.g. "model.layers.3.") for a block from make_block, in
+/// both directions: with an hf::WeightBinder it loads them, with an hf::WeightExporter
+/// (ttt/save.hpp) it writes them, so the loader and the saver share one name table.
+template <class T, class Binder>
+void bind_block(Binder& b, const std::string& prefix, const ModelSpec& spec, Block<T>& block) {
   const Config& c = spec.layer;
   const std::int64_t C = c.d_model, H = c.n_heads, d = c.head_dim(), F = c.inner_dim(), I = spec.d_ff,
                      K = c.conv_kernel, B = c.mini_batch;
@@ -122,6 +124,17 @@ void bind_block(hf::WeightBinder<T>& b, const std::string& prefix, const ModelSp
   b.rows_into(prefix + "mlp.down_proj.weight", {C, I}, mlp.down.weight);
 }
 
+/// Names every tensor of a TTT model (TTTForCausalLM's state_dict) for `b` (a loader or a saver).
+template <class T, class Binder>
+void bind_model(Binder& b, const ModelSpec& spec, Decoder<T>& m) {
+  const std::int64_t V = spec.vocab_size, C = spec.layer.d_model;
+  b.rows_into("model.embed_tokens.weight", {V, C}, m.embed.weight);
+  for (Index l = 0; l < spec.n_layers; ++l)
+    bind_block<T>(b, "model.layers." + std::to_string(l) + ".", spec, m.blocks[std::size_t(l)]);
+  b.rows_into("model.norm.weight", {C}, m.final_norm.weight);
+  if (!spec.tie_embeddings) b.rows_into("lm_head.weight", {V, C}, m.lm_head.weight);
+}
+
 /// Loads a ttt-lm-pytorch TTTForCausalLM checkpoint: `cfg` its parsed config.json, `ck` its
 /// safetensors (single or sharded; F32, F16 or BF16), `source` its name in errors. The config is
 /// validated and the size budget checked before anything is allocated; one Error names every
@@ -133,12 +146,7 @@ Decoder<T> load_decoder(const json::Value& cfg, const Checkpoint& ck, const std:
   io::check_model_size(model_size<T>(spec), &ck, config_source);  // before anything is allocated
   Decoder<T> m = make_decoder<T>(spec);
   hf::WeightBinder<T> b(ck, source);
-  const std::int64_t V = spec.vocab_size, C = spec.layer.d_model;
-  b.rows_into("model.embed_tokens.weight", {V, C}, m.embed.weight);
-  for (Index l = 0; l < spec.n_layers; ++l)
-    bind_block<T>(b, "model.layers." + std::to_string(l) + ".", spec, m.blocks[std::size_t(l)]);
-  b.rows_into("model.norm.weight", {C}, m.final_norm.weight);
-  if (!spec.tie_embeddings) b.rows_into("lm_head.weight", {V, C}, m.lm_head.weight);
+  bind_model<T>(b, spec, m);
   const bool tied = spec.tie_embeddings;
   // Non-persistent buffers some exports still carry, and a tied head's stored copy.
   b.ignore_if([tied](const std::string& n) {
