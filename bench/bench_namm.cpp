@@ -145,6 +145,36 @@ void bam_mask(benchmark::State& state, MaskKind mask) {
   state.counters["pairs_M"] = visible_pairs(in, 0) * 1e-6;
 }
 
+// What streaming probabilities costs a decode step: one query over 2048 cached keys in the decode
+// benchmark's layer geometry (8 query heads, 2 KV heads of 32), attention alone (baseline) against
+// attention with a sink that does nothing (the kernel's second pass over the keys is the cost H2O
+// and TOVA pay each step, on top of their own bookkeeping).
+class NullSink final : public ProbabilitySink<float> {
+ public:
+  void consume(Index, Index, Index, ConstView<float> probs) override { benchmark::DoNotOptimize(probs.data()); }
+};
+void sink_decode(benchmark::State& state, bool with_sink) {
+  set_num_threads(1);
+  constexpr Index n = 2048, heads = 8, kv = 2, d = 32;
+  std::mt19937_64 rng(6);
+  std::normal_distribution<float> N(0.f, 1.f);
+  Tensor<float> q({1, heads * d}), out({1, heads * d});
+  std::vector<Tensor<float>> k, v;
+  for (Index h = 0; h < kv; ++h) k.emplace_back(Shape{n, d}), v.emplace_back(Shape{n, d});
+  for (Tensor<float>* t : {&q, &k[0], &k[1], &v[0], &v[1]})
+    for (Index r = 0; r < t->rows(); ++r)
+      for (Index c = 0; c < t->cols(); ++c) (*t)(r, c) = N(rng);
+  const std::vector<ConstView<float>> ks = {k[0].view(), k[1].view()}, vs = {v[0].view(), v[1].view()};
+  NullSink sink;
+  AttentionInput<float> in;
+  in.q = q.view(), in.k = ks, in.v = vs, in.out = out.view(), in.n_heads = heads, in.head_dim = d;
+  in.sink = with_sink ? &sink : nullptr;
+  for (auto _ : state) {
+    attention<float>(in);
+    benchmark::DoNotOptimize(out.data());
+  }
+}
+
 // A small model so that 32k-token prefills finish in seconds.
 const Decoder<float>& small_model() {
   static const auto m = bench::random_llama(4096, 256, 4, 8, 2, 768, 3);
@@ -241,6 +271,8 @@ int main(int argc, char** argv) {
       benchmark::RegisterBenchmark((std::string("bam_mask:") + variant).c_str(), [mask = mask](benchmark::State& s) { bam_mask(s, mask); })
           ->Arg(n)
           ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("sink_decode:baseline", [](benchmark::State& s) { sink_decode(s, false); })->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("sink_decode:with_sink", [](benchmark::State& s) { sink_decode(s, true); })->Unit(benchmark::kMicrosecond);
   for (const char* p : {"baseline", "h2o", "tova", "recency", "streaming", "knorm", "keydiff", "snapkv", "expected_attention", "namm"})
     benchmark::RegisterBenchmark((std::string("decode_2k:") + p).c_str(), [p](benchmark::State& s) { decode_with_policy(s, p); })
         ->Unit(benchmark::kMillisecond)

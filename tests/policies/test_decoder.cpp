@@ -167,3 +167,16 @@ TEST_CASE("policies by name, NAMM included, one floor up (eval::make_policy)", "
   CHECK_THROWS_AS(eval::make_policy<float>("snap", Budget::of_tokens(16), &w), Error);
   CHECK_THROWS_AS(eval::make_policy<float>("tova", Budget::none(), &w), Error);
 }
+
+TEST_CASE("a cache policy on a sliding-window model is an Error, not a wrong window", "[policies][decoder][errors]") {
+  // The kernel counts the window in cache rows; evictions reorder rows (slot reuse) or close gaps
+  // (gather), so the rows no longer are the last positions.
+  auto c = tiny().config;
+  c.sliding_window = 4;
+  const auto m = Decoder<float>::create(c);
+  const RecencyPolicy<float> p(Budget::of_tokens(8));
+  auto s = m.make_state(&p);
+  CHECK_THROWS_AS(m.prefill(text(12, 3, 1), s), Error);
+  auto plain = m.make_state();
+  CHECK_NOTHROW(m.prefill(text(12, 3, 1), plain));
+}

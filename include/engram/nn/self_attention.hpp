@@ -51,6 +51,9 @@ class SelfAttention final : public SequenceLayer<T> {
 
   void forward(ConstView<T> x, View<T> y, LayerState<T>* state, StepContext<T>& ctx) const override {
     check(state && state->kv_cache(), "SelfAttention", "needs its AttentionState");
+    // The kernel's window counts cache rows, and a policy's evictions leave rows out of position order.
+    check(window == 0 || !ctx.policy, "SelfAttention", "a cache policy (", ctx.policy ? ctx.policy->name() : "", ") on a sliding-window layer (window ",
+          window, ") is not supported: evictions reorder the cache rows the window is counted in");
     LayerCache<T>& cache = *state->kv_cache();
     const Index n = x.rows(), qd = n_heads * head_dim, kd = n_kv_heads * head_dim;
     View<T> proj = ctx.workspace->get(3, n, qkv.out());
