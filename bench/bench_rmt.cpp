@@ -5,6 +5,12 @@
 // stdout, CSV files and log-log SVG plots (hand-written SVG, no dependencies).
 //
 //   bench_rmt [--out PREFIX] [--max-full N] [--max-rmt N] [--quick]
+//   bench_rmt --speed [benchmark options]
+//
+// --speed runs the speed goals instead, as ratios to baselines measured in the same run: training
+// tokens/s of an RMT at 8 segments against the same backbone trained on one segment of the same
+// total tokens (goal: at most 1.5x slower, ratio >= 0.67), and ARMT's inference per segment against
+// RMT's (goal: at most 1.3x slower, ratio >= 0.77), with the counted and analytic FLOPs of both.
 //
 // PREFIX (default "rmt_report") names PREFIX.csv, PREFIX.svg, PREFIX_opt.csv and PREFIX_opt.svg.
 #include <benchmark/benchmark.h>
@@ -22,8 +28,10 @@
 #include <malloc.h>
 #endif
 
+#include "bench_util.hpp"
 #include "engram/io/svg.hpp"
 #include "engram/nn/init.hpp"
+#include "engram/rmt/armt_io.hpp"
 #include "engram/rmt/flops_report.hpp"
 #include "engram/rmt/init.hpp"
 #include "engram/rmt/recurrent.hpp"
@@ -233,9 +241,146 @@ void write_opt(const std::string& prefix) {
   });
 }
 
+
+// ---------------------------------------------------------------------------- speed goals
+
+// Training: a GPT-2-like backbone (d 128, 2 layers, 4 heads), 8 segments of 256 tokens with 8
+// memory tokens against one 2048-token sequence through the same backbone, LM loss on every token.
+constexpr Index kTrainSegment = 256, kTrainMemory = 8, kTrainSegments = 8, kTrainTokens = kTrainSegment * kTrainSegments;
+
+struct TrainSetup {
+  std::shared_ptr<Decoder<float>> backbone;
+  std::unique_ptr<rmt::RecurrentWrapper<float>> model;
+  std::vector<std::int32_t> tokens, labels;
+  static TrainSetup& get() {
+    static TrainSetup t = [] {
+      TrainSetup s;
+      auto c = ModelConfig::gpt2(tasks::ByteTokenizer::vocab_size, 128, 2, 4, kTrainTokens);
+      s.backbone = std::make_shared<Decoder<float>>(Decoder<float>::create(c));
+      init_for_training(*s.backbone, 3);
+      s.model = std::make_unique<rmt::RecurrentWrapper<float>>(rmt::MemoryCell<float>(
+          s.backbone, rmt::Config::decoder(kTrainMemory, kTrainSegment), rmt::hf_initial_memory(*s.backbone, kTrainMemory, 4)));
+      const auto sample = tasks::make_sample(corpus(), {tasks::Task::fact_detection, kTrainTokens + 1, kTrainSegment}, 7);
+      s.tokens.assign(sample.tokens.begin(), sample.tokens.end() - 1);
+      s.labels.assign(sample.tokens.begin() + 1, sample.tokens.end());
+      return s;
+    }();
+    return t;
+  }
+};
+
+void train_baseline(benchmark::State& state) {
+  auto& t = TrainSetup::get();
+  Gradients<float> g(*t.backbone);
+  train::StepBuffers<float> buf;
+  train::Batch b{t.tokens, t.labels, 1, kTrainTokens};
+  double flops = 0;
+  for (auto _ : state) {
+    g.zero();
+    buf.flops.reset();
+    benchmark::DoNotOptimize(train::lm_step<float>(*t.backbone, b, &g, buf, 1.0f / float(kTrainTokens)).loss_sum);
+    flops = buf.flops.total();
+  }
+  state.counters["tokens/s"] = benchmark::Counter(double(kTrainTokens), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP"] = flops * 1e-9;
+}
+
+void train_rmt(benchmark::State& state) {
+  auto& t = TrainSetup::get();
+  Gradients<float> g(*t.model);
+  rmt::BpttBuffers<float> buf;
+  rmt::TrainBatch b;
+  b.tokens = t.tokens, b.labels = t.labels, b.n_seqs = 1, b.length = kTrainTokens;
+  double flops = 0;
+  for (auto _ : state) {
+    g.zero();
+    buf.step.flops.reset();
+    benchmark::DoNotOptimize(t.model->train_step(b, &g, buf, 1.0f / float(kTrainTokens)).loss_sum);
+    flops = buf.step.flops.total();
+  }
+  state.counters["tokens/s"] = benchmark::Counter(double(kTrainTokens), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP"] = flops * 1e-9;
+}
+
+// Inference per segment: the report's small model (d 256, 4 layers), 512-token segments, 16 memory
+// tokens; ARMT with d_mem 64 (the official size).
+constexpr Index kArmtDMem = 64, kSegmentsPerRun = 8;
+
+struct SegmentSetup {
+  std::shared_ptr<Decoder<float>> rmt_backbone, armt_backbone;
+  std::unique_ptr<rmt::RecurrentWrapper<float>> rmt_model;
+  std::unique_ptr<rmt::ArmtWrapper<float>> armt_model;
+  std::vector<std::int32_t> tokens;
+  static SegmentSetup& get() {
+    static SegmentSetup t = [] {
+      SegmentSetup s;
+      auto c = small_config();
+      c.max_positions = kSegment + 2 * kMemory;
+      s.rmt_backbone = std::make_shared<Decoder<float>>(Decoder<float>::create(c));
+      init_random(*s.rmt_backbone, 1);
+      s.rmt_model = std::make_unique<rmt::RecurrentWrapper<float>>(rmt::MemoryCell<float>(
+          s.rmt_backbone, rmt::Config::decoder(kMemory, kSegment), rmt::hf_initial_memory(*s.rmt_backbone, kMemory, 2)));
+      c.max_positions = kSegment + kMemory;
+      s.armt_backbone = std::make_shared<Decoder<float>>(Decoder<float>::create(c));
+      init_random(*s.armt_backbone, 1);
+      const auto ac = rmt::ArmtConfig::make(kMemory, kSegment, kArmtDMem);
+      auto layers = rmt::init_associative<float>(*s.armt_backbone, ac, 3);
+      for (auto& a : layers) init_random_tensor(a.wv.weight, 4);
+      s.armt_model = std::make_unique<rmt::ArmtWrapper<float>>(s.armt_backbone, ac, rmt::hf_initial_memory(*s.armt_backbone, kMemory, 2),
+                                                               std::move(layers));
+      s.tokens = tasks::make_sample(corpus(), {tasks::Task::fact_detection, kSegment * kSegmentsPerRun, kSegment}, 9).tokens;
+      return s;
+    }();
+    return t;
+  }
+  static void init_random_tensor(Tensor<float>& t, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal(0.f, 0.02f);
+    for (Index r = 0; r < t.rows(); ++r)
+      for (Index c = 0; c < t.cols(); ++c) t(r, c) = normal(rng);
+  }
+};
+
+template <class W>
+void read_segments(benchmark::State& state, const W& model) {
+  const auto& tokens = SegmentSetup::get().tokens;
+  double flops = 0;
+  for (auto _ : state) {
+    auto s = model.make_state();
+    model.push(tokens, s);
+    benchmark::DoNotOptimize(s.readout().data());
+    flops = s.flops.total();
+  }
+  state.counters["segments/s"] = benchmark::Counter(double(kSegmentsPerRun), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/segment"] = flops * 1e-9 / double(kSegmentsPerRun);
+}
+void segment_rmt(benchmark::State& state) { read_segments(state, *SegmentSetup::get().rmt_model); }
+void segment_armt(benchmark::State& state) { read_segments(state, *SegmentSetup::get().armt_model); }
+
+int run_speed(int argc, char** argv) {
+  benchmark::RegisterBenchmark("train_8_segments:baseline/2048", train_baseline)->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("train_8_segments:rmt/2048", train_rmt)->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("segment:baseline/512", segment_rmt)->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("segment:armt/512", segment_armt)->Unit(benchmark::kMillisecond);
+  const fr::ModelShape shape = small_shape();
+  const double rmt_seg = fr::segment_flops(shape, kSegment, {kSegment, kMemory, rmt::Layout::decoder}, fr::kOneVocabMatmul);
+  const double armt_seg = fr::armt_segment_flops(shape, kSegment, {kSegment, kMemory, kArmtDMem, 3}, fr::kOneVocabMatmul);
+  std::printf("analytic FLOPs per 512-token segment (rmt.md 8.3, dense, LM head on every content token): RMT %.2f GFLOP "
+              "(n' = %td), ARMT %.2f GFLOP (n' = %td, associative memory %.1f%%)\n",
+              rmt_seg * 1e-9, kSegment + 2 * kMemory, armt_seg * 1e-9, kSegment + kMemory,
+              100.0 * double(shape.layers) * fr::armt_associative_flops(shape, kSegment, {kSegment, kMemory, kArmtDMem, 3}) / armt_seg);
+  return bench::run(argc, argv);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (std::strcmp(argv[i], "--speed") == 0) {
+      set_num_threads(1);
+      for (int j = i; j + 1 < argc; ++j) argv[j] = argv[j + 1];
+      return run_speed(argc - 1, argv);
+    }
   std::string prefix = "rmt_report";
   Index max_full = kMaxFull, max_rmt = Index(1) << 20;
   for (int i = 1; i < argc; ++i) {

@@ -1,11 +1,14 @@
 // The main demo: full attention, NAMM, TTT and RMT read the same long document side by side, with
 // measured time, analytic FLOPs and the memory each keeps, as the document grows.
 #include <chrono>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "engram/rmt/armt_io.hpp"
+#include "engram/rmt/loader.hpp"
 #include "example_util.hpp"
 
 using namespace engram;
@@ -45,11 +48,47 @@ Measurement read_with_decoder(const Decoder<float>& model, const CachePolicy<flo
   return m;
 }
 
+// A trained RMT (or ARMT) reads a long fact-memorization document and answers the question by
+// greedy generation; `samples` documents of `length` tokens (held-out seeds), each printed.
+template <class W>
+void trained_rmt_answers(const W& model, Index length, int samples) {
+  const tasks::Corpus corpus = tasks::Corpus::fortunes();
+  int correct = 0;
+  for (int i = 0; i < samples; ++i) {
+    tasks::TaskOptions t{tasks::Task::fact_memorization, length, model.segment_size()};
+    tasks::SampleStream stream(corpus, t, tasks::mix_seed(0xDE30'0000ull + std::uint64_t(i)));
+    auto s = model.make_state();
+    std::vector<std::int32_t> chunk(std::size_t(std::min<Index>(length, 1 << 16)));
+    const auto t0 = Clock::now();
+    while (stream.remaining() > 0) {
+      const Index n = stream.read(chunk);
+      model.push(std::span<const std::int32_t>(chunk).first(std::size_t(n)), s);
+    }
+    const double read_s = since(t0);
+    const auto answer = model.generate(s, 12, '\n');
+    std::string text = tasks::ByteTokenizer::decode(answer, true);
+    while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+    while (!text.empty() && text.front() == ' ') text.erase(0, 1);
+    const bool ok = text == stream.info().answer_text();
+    correct += ok;
+    std::printf("  \"%s\" ... %td tokens of fortunes ... \"%s\" -> \"%s\" %s (read in %.1f s, %.0f tokens/s, state %.1f KiB)\n",
+                stream.info().facts[0].c_str(), length, stream.info().question.c_str(), text.c_str(), ok ? "correct" : "WRONG", read_s,
+                double(length) / read_s, double(s.peak_bytes()) / 1024.0);
+  }
+  std::printf("  %d of %d answered correctly (chance: 1 in 6)\n", correct, samples);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Index max_length = 8192;
   std::string namm_weights, namm_budget;
+#ifdef ENGRAM_RMT_TRAINED_DIR
+  std::string rmt_model_dir = std::string(ENGRAM_RMT_TRAINED_DIR) + "/fact_memorization";
+#else
+  std::string rmt_model_dir;
+#endif
+  bool long_run = false;
   return cli::run(
       argc, argv,
       "engram-demo: reads a generated bAbI-style document (a fact hidden in background text, the question at the end) with "
@@ -63,6 +102,8 @@ int main(int argc, char** argv) {
                        "NAMM hard cap: tokens or a ratio of the tokens seen (default: 0.25 with random weights, which on their "
                        "own evict little; none with --namm-weights)")
             ->check(examples::budget_validator());
+        app.add_option("--rmt-model", rmt_model_dir, "trained RMT/ARMT checkpoint for the answering part (engram-rmt-train's OUT/best)");
+        app.add_flag("--long", long_run, "the trained RMT reads 1,048,576-token documents (default 65,536)");
       },
       [&] {
         // The same width everywhere: d = 256, 4 layers, SwiGLU 768, byte vocabulary, random weights.
@@ -144,6 +185,23 @@ int main(int argc, char** argv) {
                     "in the cache size, every 512 tokens) and for streaming attention probabilities (one more Q.K^T).\n"
                     "Weights are random: this table is about cost; accuracy needs trained weights (engram-namm-evolve,\n"
                     "a converted evo-memory checkpoint, or the RMT tasks).\n");
+
+        // Trained weights: an RMT that remembers (tests/fixtures/rmt_trained, README for the command).
+        if (rmt_model_dir.empty() || !std::filesystem::exists(std::filesystem::path(rmt_model_dir) / "config.json")) {
+          std::printf("\n(no trained RMT checkpoint at \"%s\": --rmt-model DIR)\n", rmt_model_dir.c_str());
+          return 0;
+        }
+        const Index length = long_run ? Index(1) << 20 : Index(1) << 16;
+        const json::Value cfg = read_json_file(std::filesystem::path(rmt_model_dir) / "config.json");
+        if (cfg.find("armt")) {
+          const auto trained = rmt::load_armt<float>(rmt_model_dir);
+          std::printf("\ntrained %s reads documents of %td tokens, then answers by greedy generation:\n", trained.describe().c_str(), length);
+          trained_rmt_answers(trained, length, long_run ? 3 : 5);
+        } else {
+          const auto trained = rmt::load<float>(rmt_model_dir);
+          std::printf("\ntrained %s reads documents of %td tokens, then answers by greedy generation:\n", trained.describe().c_str(), length);
+          trained_rmt_answers(trained, length, long_run ? 3 : 5);
+        }
         return 0;
       });
 }

@@ -96,7 +96,7 @@ struct Row {
 
 template <class W>
 int evaluate(const W& model, const std::string& task_name, const std::vector<Index>& lengths, Index samples, Index long_samples, Index long_from,
-             bool baseline, const std::string& out, const tasks::Corpus& corpus) {
+             bool baseline, bool confusion, const std::string& out, const tasks::Corpus& corpus) {
   tasks::TaskOptions t;
   t.task = task_name == "fact_memorization" ? tasks::Task::fact_memorization
            : task_name == "fact_detection"  ? tasks::Task::fact_detection
@@ -137,6 +137,19 @@ int evaluate(const W& model, const std::string& task_name, const std::vector<Ind
       rows.push_back(row);
       std::printf("%-30s %10lld %8lld %8.3f    [%.3f, %.3f] %9.1f %12.0f %10.1fKB %7.0fMB\n", row.model.c_str(), (long long)len, (long long)n,
                   row.accuracy, row.lo, row.hi, row.seconds, row.tokens_per_s, double(row.peak_bytes) / 1024.0, row.rss_mb);
+      if (confusion && r == &mem) {
+        // Which answer each true place gets (rows: truth, columns: prediction).
+        std::vector<std::vector<int>> cm(tasks::kPlaces.size(), std::vector<int>(tasks::kPlaces.size(), 0));
+        for (Index i = 0; i < n; ++i) {
+          const int truth = tasks::SampleStream(corpus, t, eval::eval_seed(i)).info().answer;
+          ++cm[std::size_t(truth)][std::size_t(sc.predictions[std::size_t(i)])];
+        }
+        for (std::size_t a = 0; a < cm.size(); ++a) {
+          std::printf("    %-9s", std::string(tasks::kPlaces[a]).c_str());
+          for (int v : cm[a]) std::printf(" %4d", v);
+          std::printf("\n");
+        }
+      }
       std::fflush(stdout);
     }
   }
@@ -165,7 +178,7 @@ int evaluate(const W& model, const std::string& task_name, const std::vector<Ind
 int main(int argc, char** argv) {
   std::string model_dir, task = "fact_memorization", lengths_text = "1024,4096,16384,65536,262144,1048576", out, background;
   Index samples = 100, long_samples = 50, long_from = Index(1) << 20;
-  bool baseline = false;
+  bool baseline = false, confusion = false;
   return cli::run(
       argc, argv,
       "engram-rmt-eval: accuracy of a trained RMT or ARMT checkpoint on a memory task at many input lengths (the same weights), "
@@ -178,6 +191,7 @@ int main(int argc, char** argv) {
         app.add_option("--long-samples", long_samples, "samples per length from --long-from tokens on")->check(CLI::Range(Index(1), Index(1) << 20));
         app.add_option("--long-from", long_from, "lengths from which --long-samples applies")->check(CLI::Range(Index(1), Index(1) << 40));
         app.add_flag("--baseline", baseline, "also score the no-memory baseline (the same model reading only the last segment)");
+        app.add_flag("--confusion", confusion, "print which answer each true place gets (memory model)");
         app.add_option("--background", background, "background text (default: Debian's fortunes)")->check(cli::regular_file());
         app.add_option("--out", out, "directory for accuracy.csv and accuracy.svg");
       },
@@ -187,10 +201,10 @@ int main(int argc, char** argv) {
         const json::Value cfg = read_json_file(std::filesystem::path(model_dir) / "config.json");
         if (cfg.is_object() && cfg.find("armt")) {
           const auto m = rmt::load_armt<float>(model_dir);
-          return evaluate(m, task, lengths, samples, long_samples, long_from, baseline, out, corpus);
+          return evaluate(m, task, lengths, samples, long_samples, long_from, baseline, confusion, out, corpus);
         }
         const auto m = rmt::load<float>(model_dir);
         if (m.config().layout != rmt::Layout::decoder) cli::usage_error("--model", "an encoder-layout RMT classifies; this program scores decoders");
-        return evaluate(m, task, lengths, samples, long_samples, long_from, baseline, out, corpus);
+        return evaluate(m, task, lengths, samples, long_samples, long_from, baseline, confusion, out, corpus);
       });
 }

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "engram/rmt/armt_io.hpp"
+#include "engram/rmt/flops_report.hpp"
 #include "engram/rmt/init.hpp"
 #include "engram/rmt/save.hpp"
 #include "test_util.hpp"
@@ -368,4 +369,28 @@ TEST_CASE("ARMT input errors", "[armt][errors]") {
   CHECK_THROWS_AS(rmt::armt_config_from_json(json::parse(R"({"num_mem_tokens":2,"segment_size":4,"d_mem":2,"n_heads":2})")), Error);
   CHECK_THROWS_AS(rmt::armt_config_from_json(json::parse(R"({"num_mem_tokens":2,"segment_size":4,"d_mem":2,"d_key":5})")), Error);
   CHECK_THROWS_AS(rmt::armt_config_from_json(json::parse(R"({"num_mem_tokens":0,"segment_size":4,"d_mem":2})")), Error);
+}
+
+TEST_CASE("ARMT's FLOP counter agrees with the report's associative-memory formula", "[armt][flops]") {
+  namespace fr = rmt::flops_report;
+  const auto w = random_armt<float>("gpt2", 3, 7, 4, 5);
+  std::vector<std::int32_t> tok(20, 4);  // segments of 7, 7, 6
+  const auto r = w.run(tok);
+  const fr::ModelShape shape{"armt", 29, 2, 12, 3, 48};
+  const fr::ArmtShape a{7, 3, 4, 3};
+  // The first segment's state is zero: it reads nothing and its write has no prev = k A term.
+  double expected = 0;
+  for (double s_k : {7.0, 7.0, 6.0}) expected += 2 * fr::armt_associative_flops(shape, s_k, a);
+  const double n0 = 7 + 3, d = 12, k = a.d_key();
+  expected -= 2 * (2 * n0 * d * 4 + 2 * n0 * k * d + 2 * n0 * k) + 2 * (2 * 3 * k * d);
+  CHECK(r.flops[FlopCategory::other] == Approx(expected).epsilon(1e-12));
+  // The official configuration (GPT-2 small, m = 10, d_mem = 64, s = 512): the associative memory
+  // adds a few percent to a segment.
+  const fr::ModelShape gpt2{"GPT-2", 50257, 12, 768, 12, 3072};
+  const double extra = 12 * fr::armt_associative_flops(gpt2, 512, {512, 10, 64, 3});
+  const double seg = fr::armt_segment_flops(gpt2, 512, {512, 10, 64, 3}, fr::kOneVocabMatmul);
+  CHECK(extra / seg > 0.01);
+  CHECK(extra / seg < 0.1);
+  CHECK(fr::armt_flops(gpt2, 1000, {512, 10, 64, 3}, fr::kBodies) ==
+        Approx(fr::armt_segment_flops(gpt2, 512, {512, 10, 64, 3}, fr::kBodies) + fr::armt_segment_flops(gpt2, 488, {512, 10, 64, 3}, fr::kBodies)));
 }

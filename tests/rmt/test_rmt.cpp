@@ -345,6 +345,7 @@ TEST_CASE("RMT input errors", "[rmt][errors]") {
   CHECK_THROWS_AS(make(rmt::Config::decoder(3, 27), 3), Error);           // 27 + 6 > 32 positions
   CHECK_NOTHROW(make(rmt::Config::decoder(3, 26), 3));                    // 26 + 6 = 32 fits
   CHECK_THROWS_AS(make(rmt::Config::decoder(3, 6), 2), Error);            // memory of the wrong shape
+  CHECK_THROWS_AS(make(rmt::Config::decoder(4, 3), 4), Error);            // segment smaller than the memory
   CHECK_THROWS_AS(make(rmt::Config::encoder(3, 16, 1, 2, 0), 3), Error);  // encoder layout on a causal backbone
   try {
     (void)make(rmt::Config::decoder(3, 27), 3);

@@ -85,6 +85,8 @@ struct Config {
           "], got ", memory_tokens);
     check(segment_size >= 1 && segment_size <= kMaxSegment, where, "segment_size must be in [1, ", kMaxSegment, "], got ",
           segment_size);
+    // A segment shorter than the memory spends more rows on memory than on the text it reads.
+    check(segment_size >= memory_tokens, where, "segment_size ", segment_size, " is smaller than the memory (", memory_tokens, " tokens)");
     if (layout == Layout::decoder) {
       check(backbone.causal, where, "the decoder layout needs a causal backbone, got a bidirectional ", backbone.architecture);
       // RoPE has no table to run out of; learned positions must cover one segment's layout.

@@ -92,6 +92,37 @@ constexpr double speedup(const ModelShape& m, double n_tokens, const Segmentatio
   return full_flops(m, n_tokens, a) / rmt_flops(m, n_tokens, g, a);
 }
 
+/// ARMT (rmt.md 8.3): segments are [x | M] (n' = s_k + m rows, write-only memory) and each layer adds
+/// its associative read on every row, 2 n' d d_mem (W_mq) + 2 n' d_key d (phi(q) A) + 2 n' d_key (the
+/// denominator), and its write from the m memory rows, 2 m d (d_mem + d + 1) (W_mk, W_mv, w_b) +
+/// 2 m d_key d (prev = phi(k) A) + 2 m d_key d (the rank-m update of A); DPFP itself is elementwise.
+/// The first segment reads nothing (its state is zero); this counts every segment with its read.
+struct ArmtShape {
+  Index segment = 512, memory = 10, d_mem = 64, nu = 3;
+  constexpr double d_key() const { return 2.0 * double(nu) * double(d_mem); }
+};
+
+/// The associative memory's FLOPs of one layer on a segment of `s_k` content tokens.
+constexpr double armt_associative_flops(const ModelShape& m, double s_k, const ArmtShape& a) {
+  const double d = double(m.d_model), n = s_k + double(a.memory), mm = double(a.memory), k = a.d_key();
+  const double read = 2 * n * d * double(a.d_mem) + 2 * n * k * d + 2 * n * k;
+  const double write = 2 * mm * d * (double(a.d_mem) + d + 1) + 2 * mm * k * d + 2 * mm * k * d;
+  return read + write;
+}
+
+/// One ARMT segment: L (F_layer(s_k + m) + associative) + vocabulary terms on the content rows.
+constexpr double armt_segment_flops(const ModelShape& m, double s_k, const ArmtShape& a, const Accounting& acc) {
+  return double(m.layers) * (layer_flops(m, s_k + double(a.memory), acc) + armt_associative_flops(m, s_k, a)) + vocab_flops(m, s_k, acc);
+}
+
+/// F_ARMT(N): the sum over the ceil(N / s) segments (the last one short).
+constexpr double armt_flops(const ModelShape& m, double n_tokens, const ArmtShape& a, const Accounting& acc) {
+  const double s = double(a.segment);
+  const double full_segments = double(Index(n_tokens / s));
+  const double rest = n_tokens - full_segments * s;
+  return full_segments * armt_segment_flops(m, s, a, acc) + (rest > 0 ? armt_segment_flops(m, rest, a, acc) : 0.0);
+}
+
 /// The OPT family of the report's FLOPs figure (Zhang et al. 2022, Table 1): vocabulary 50272,
 /// d_ff = 4 d. rmt.md 8.4 lists these five.
 inline constexpr std::array<ModelShape, 5> kOpt = {{

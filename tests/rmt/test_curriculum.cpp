@@ -1,0 +1,143 @@
+// The curriculum trainer: sample lengths per stage, stages ending on the step budget, the best
+// checkpoint, CSV + SVG, a crash resumed bit-identically (RMT and ARMT); tasks that do not fit.
+#include <filesystem>
+#include <fstream>
+
+#include "engram/eval/memory_tasks.hpp"
+#include "engram/eval/rmt_reader.hpp"
+#include "engram/nn/init.hpp"
+#include "engram/rmt/armt_io.hpp"
+#include "engram/rmt/curriculum.hpp"
+#include "engram/rmt/init.hpp"
+#include "test_util.hpp"
+
+using namespace engram;
+
+namespace {
+
+std::shared_ptr<Decoder<float>> tiny_backbone(Index positions, std::uint64_t seed) {
+  auto bb = std::make_shared<Decoder<float>>(Decoder<float>::create(ModelConfig::gpt2(tasks::ByteTokenizer::vocab_size, 16, 1, 2, positions)));
+  init_for_training(*bb, seed);
+  return bb;
+}
+
+rmt::RecurrentWrapper<float> tiny_rmt(std::uint64_t seed = 1) {
+  auto bb = tiny_backbone(64 + 4, seed);
+  return rmt::RecurrentWrapper<float>(rmt::MemoryCell<float>(bb, rmt::Config::decoder(2, 64), rmt::hf_initial_memory(*bb, 2, seed + 1)));
+}
+
+rmt::ArmtWrapper<float> tiny_armt(std::uint64_t seed = 1) {
+  auto bb = tiny_backbone(64 + 2, seed);
+  const auto c = rmt::ArmtConfig::make(2, 64, 4);
+  return rmt::ArmtWrapper<float>(bb, c, rmt::hf_initial_memory(*bb, 2, seed + 1), rmt::init_associative<float>(*bb, c, seed + 2));
+}
+
+rmt::CurriculumOptions tiny_options(const std::filesystem::path& out) {
+  rmt::CurriculumOptions o;
+  o.stages = {{1, 3}, {2, 4}};
+  o.min_stage_steps = 1;
+  o.advance_accuracy = 2;  // never early: the budgets decide
+  o.batch = 2, o.micro_batch = 1;
+  o.lr = 1e-2, o.min_lr = 1e-3, o.warmup = 1;
+  o.log_every = 1, o.eval_every = 2, o.checkpoint_every = 1;
+  o.out_dir = out;
+  return o;
+}
+
+template <class W>
+typename rmt::CurriculumTrainer<W>::HeldOut held_out(const tasks::Corpus& corpus) {
+  return [&corpus](const W& m, Index segments) {
+    tasks::TaskOptions t{tasks::Task::fact_memorization, segments * m.segment_size() - tasks::max_answer_bytes(), m.segment_size()};
+    eval::TaskEvalOptions e;
+    e.samples = 2, e.first_sample = 1'000'000, e.parallel = false;
+    return eval::score_task(eval::MemoryReader<W>(m), corpus, t, e).accuracy;
+  };
+}
+
+template <class W>
+std::vector<Tensor<float>> parameters(W& w) {
+  std::vector<Tensor<float>> p;
+  w.visit_parameters([&](const std::string&, Tensor<float>& t) { p.push_back(t.copy()); });
+  return p;
+}
+
+// A run to the end, and the same run stopped by a "crash" after step 4 and resumed: same weights.
+template <class W>
+void check_resume(W a, W b) {
+  const tasks::Corpus corpus = tasks::Corpus::fortunes();
+  test::TempDir dir;
+  rmt::CurriculumTrainer<W> full(a, corpus, tiny_options(dir.path() / "a"), held_out<W>(corpus));
+  full.run();
+  CHECK(full.history().size() == 7);
+  CHECK(std::filesystem::exists(dir.path() / "a" / "best" / "config.json"));
+  CHECK(std::filesystem::exists(dir.path() / "a" / "final" / "config.json"));
+  CHECK(std::filesystem::exists(dir.path() / "a" / "curriculum_accuracy.svg"));
+  {
+    std::ifstream csv(dir.path() / "a" / "curriculum.csv");
+    std::string line;
+    Index lines = 0;
+    while (std::getline(csv, line)) ++lines;
+    CHECK(lines == 8);  // header + 7 steps
+  }
+  {
+    rmt::CurriculumTrainer<W> crashing(b, corpus, tiny_options(dir.path() / "b"), held_out<W>(corpus));
+    CHECK_THROWS_WITH(crashing.run([](const rmt::CurriculumProgress& p) {
+      if (p.step == 5) throw std::runtime_error("crash");
+    }), "crash");
+  }
+  auto o = tiny_options(dir.path() / "b");
+  o.resume = true;
+  rmt::CurriculumTrainer<W> resumed(b, corpus, o, held_out<W>(corpus));
+  resumed.run();
+  CHECK(resumed.history().size() == 7);
+  const auto pa = parameters(a), pb = parameters(b);
+  REQUIRE(pa.size() == pb.size());
+  for (std::size_t i = 0; i < pa.size(); ++i) CHECK(test::relative_error<float>(pb[i].view(), pa[i].view()) == 0.0);
+  CHECK(full.history().back().loss == resumed.history().back().loss);
+}
+
+}  // namespace
+
+TEST_CASE("curriculum sample lengths stay within the stage and fill the last segment", "[rmt][curriculum]") {
+  auto w = tiny_rmt();
+  const tasks::Corpus corpus = tasks::Corpus::fortunes();
+  rmt::CurriculumOptions o = tiny_options({});
+  o.stages = {{1, 10}, {4, 10}};
+  rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>> t(w, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus));
+  std::vector<int> seen(5, 0);
+  for (Index step = 1; step <= 200; ++step) {
+    const Index one = t.sample_length(0, step);
+    CHECK(one + tasks::max_answer_bytes() <= 64);
+    CHECK(one >= rmt::task_min_length(tasks::Task::fact_memorization));
+    const Index four = t.sample_length(1, step);
+    CHECK(four + tasks::max_answer_bytes() <= 4 * 64);
+    ++seen[std::size_t((four + tasks::max_answer_bytes() + 63) / 64)];
+    const auto b = t.batch(1, step, 0, 2);
+    CHECK(b.n_seqs == 2);
+    CHECK(b.length == four + tasks::max_answer_bytes());
+    CHECK(b.count(rmt::Layout::decoder) >= 2 * 8);  // every answer byte of both samples is labelled
+  }
+  for (int k = 1; k <= 4; ++k) CHECK(seen[std::size_t(k)] > 20);  // 1 to 4 segments, all drawn
+}
+
+TEST_CASE("curriculum training resumes bit-identically after a crash (RMT and ARMT)", "[rmt][armt][curriculum]") {
+  check_resume(tiny_rmt(), tiny_rmt());
+  check_resume(tiny_armt(), tiny_armt());
+}
+
+TEST_CASE("a task whose facts, question and answer do not fit a segment is refused", "[rmt][curriculum][errors]") {
+  auto bb = tiny_backbone(48 + 4, 1);
+  auto w = rmt::RecurrentWrapper<float>(rmt::MemoryCell<float>(bb, rmt::Config::decoder(2, 48), rmt::hf_initial_memory(*bb, 2, 2)));
+  const tasks::Corpus corpus = tasks::Corpus::fortunes();
+  auto o = tiny_options({});
+  CHECK_THROWS_AS(rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>>(w, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus)), Error);
+  auto big = tiny_rmt();
+  o.task = tasks::Task::reasoning;  // two facts and the question need 125 tokens
+  CHECK_THROWS_AS(rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>>(big, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus)), Error);
+  o = tiny_options({});
+  o.stages = {};
+  CHECK_THROWS_AS(rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>>(big, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus)), Error);
+  o = tiny_options({});
+  o.resume = true;  // no output directory
+  CHECK_THROWS_AS(rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>>(big, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus)), Error);
+}
