@@ -12,7 +12,11 @@ namespace tasks {
 /// The answer of class `cls` as the bytes after the question: a space, the place, a newline.
 inline std::string answer_bytes(int cls) {
   check(cls >= 0 && cls < int(kAnswerClasses), "tasks::answer_bytes", "answer class ", cls, " outside [0, ", kAnswerClasses, ")");
-  return " " + std::string(kPlaces[std::size_t(cls)]) + "\n";
+  // Appended in place: GCC 12's -Wrestrict misreads `" " + std::string(...)` once inlined.
+  std::string s = " ";
+  s += kPlaces[std::size_t(cls)];
+  s += '\n';
+  return s;
 }
 
 /// Length of the longest answer_bytes (every answer fits in this many tokens).
