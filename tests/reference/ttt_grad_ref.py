@@ -88,6 +88,8 @@ sys.path.insert(0, HERE)
 import decoders as dec  # noqa: E402  (safetensors writer / reader)
 import ttt_ref as tr    # noqa: E402  (the independent TTT forward)
 
+tr.ROPE_CORRECTLY_ROUNDED = True  # the float32 table as correctly rounded cos/sin (see ttt_ref.py)
+
 torch.set_grad_enabled(True)  # decoders.py disables autograd at import
 torch.set_num_threads(1)
 
