@@ -24,6 +24,25 @@ struct ThreadCount {
   void set(int n) const { set_num_threads(n); }
 };
 
+/// Runs `f`, which must throw an engram::Error, and returns its message; fails the check (and
+/// returns "") when f returns or throws anything else.
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    FAIL_CHECK("threw a non-engram exception: " << e.what());
+    return {};
+  } catch (...) {
+    FAIL_CHECK("threw something that is not an exception");
+    return {};
+  }
+  FAIL_CHECK("did not throw");
+  return {};
+}
+
 /// Sizes that straddle every SIMD width (AVX2 8, AVX-512 16 floats) and the 8-accumulator loops.
 inline const std::vector<Index> kAwkwardSizes = {1, 2, 7, 15, 16, 17, 31, 63, 64, 65, 129, 257};
 

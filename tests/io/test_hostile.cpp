@@ -56,23 +56,7 @@ void load(const std::string& family, const fs::path& dir) {
   else (void)rmt::load<float>(dir);
 }
 
-// Runs `f`; returns the Error's message, or fails the check (and returns "") if it returns or throws anything else.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    FAIL_CHECK("threw a non-engram exception: " << e.what());
-    return {};
-  } catch (...) {
-    FAIL_CHECK("threw something that is not an exception");
-    return {};
-  }
-  FAIL_CHECK("did not throw");
-  return {};
-}
+using test::error_of;  // the Error an input must raise (test_util.hpp)
 
 void write_file(const fs::path& p, const std::string& text) {
   std::ofstream out(p, std::ios::binary);

@@ -14,20 +14,7 @@ namespace {
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-// Runs `f`; returns the Error's message, or fails the check (and returns "") otherwise.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    FAIL_CHECK("threw a non-engram exception: " << e.what());
-    return {};
-  }
-  FAIL_CHECK("did not throw: a non-finite value went through silently");
-  return {};
-}
+using test::error_of;  // the Error an input must raise (test_util.hpp)
 
 // A copy of fixture directory `name` whose tensor `tensor` holds `value` at element `at`.
 void plant_in_checkpoint(const fs::path& fixture, const std::string& tensor, Index at, float value, const fs::path& out) {

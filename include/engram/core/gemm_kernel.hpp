@@ -183,44 +183,38 @@ inline void pack_transposed(const float* const* rows, Index count, Index width, 
   }
 }
 
-/// Packs rows [i0, i0 + mc) x depth [p0, p0 + kc) of op(A) into A micro-panels [kc, kMr] (rows
-/// beyond the matrix are zero). `transposed`: A is stored [k, m] (op(A) = A^T).
-inline void pack_a(ConstView<float> a, bool transposed, Index i0, Index mc, Index p0, Index kc, float* out) {
-  for (Index ir = 0; ir < mc; ir += kMr, out += kc * kMr) {
-    const Index rows = std::min<Index>(kMr, mc - ir);
-    if (!transposed) {
-      const float* src[kMr];
-      for (Index r = 0; r < rows; ++r) src[r] = a.row(i0 + ir + r) + p0;
-      pack_transposed(src, rows, kMr, kc, out);
+/// Packs `count` rows or columns [i0, i0 + count) x depth [p0, p0 + kc) of an operand into micro-panels
+/// [kc, Width] (entries beyond the matrix are zero). `along_k`: the operand's rows run along the inner
+/// dimension (A stored [m, k], or B stored [n, k] as a PyTorch weight), so Width rows are gathered
+/// and transposed; otherwise its rows are depth steps and each panel row is a contiguous copy.
+template <Index Width>
+inline void pack_panels(ConstView<float> m, bool along_k, Index i0, Index count, Index p0, Index kc, float* out) {
+  for (Index ir = 0; ir < count; ir += Width, out += kc * Width) {
+    const Index n = std::min<Index>(Width, count - ir);
+    if (along_k) {
+      const float* src[Width];
+      for (Index r = 0; r < n; ++r) src[r] = m.row(i0 + ir + r) + p0;
+      pack_transposed(src, n, Width, kc, out);
     } else {
       for (Index p = 0; p < kc; ++p) {
-        const float* src = a.row(p0 + p) + i0 + ir;
-        float* dst = out + p * kMr;
-        std::copy_n(src, rows, dst);
-        std::fill(dst + rows, dst + kMr, 0.0f);
+        float* dst = out + p * Width;
+        std::copy_n(m.row(p0 + p) + i0 + ir, n, dst);
+        std::fill(dst + n, dst + Width, 0.0f);
       }
     }
   }
 }
 
-/// Packs columns [j0, j0 + nc) x depth [p0, p0 + kc) of op(B) into B micro-panels [kc, kNr] (columns
-/// beyond the matrix are zero). `transposed`: B is stored [n, k] (op(B) = B^T, a PyTorch weight).
+/// Packs rows [i0, i0 + mc) x depth [p0, p0 + kc) of op(A) into A micro-panels [kc, kMr].
+/// `transposed`: A is stored [k, m] (op(A) = A^T).
+inline void pack_a(ConstView<float> a, bool transposed, Index i0, Index mc, Index p0, Index kc, float* out) {
+  pack_panels<kMr>(a, !transposed, i0, mc, p0, kc, out);
+}
+
+/// Packs columns [j0, j0 + nc) x depth [p0, p0 + kc) of op(B) into B micro-panels [kc, kNr].
+/// `transposed`: B is stored [n, k] (op(B) = B^T, a PyTorch weight).
 inline void pack_b(ConstView<float> b, bool transposed, Index j0, Index nc, Index p0, Index kc, float* out) {
-  for (Index jr = 0; jr < nc; jr += kNr, out += kc * kNr) {
-    const Index cols = std::min<Index>(kNr, nc - jr);
-    if (transposed) {
-      const float* src[kNr];
-      for (Index j = 0; j < cols; ++j) src[j] = b.row(j0 + jr + j) + p0;
-      pack_transposed(src, cols, kNr, kc, out);
-    } else {
-      for (Index p = 0; p < kc; ++p) {
-        const float* src = b.row(p0 + p) + j0 + jr;
-        float* dst = out + p * kNr;
-        std::copy_n(src, cols, dst);
-        std::fill(dst + cols, dst + kNr, 0.0f);
-      }
-    }
-  }
+  pack_panels<kNr>(b, transposed, j0, nc, p0, kc, out);
 }
 
 /// Rounds n up to a multiple of q.
