@@ -80,6 +80,16 @@ class UsageError : public std::runtime_error {
   throw UsageError(option + ": " + message);
 }
 
+/// A duration for progress lines: "42s", "3m07s", "2h05m" ("?" when unknown).
+inline std::string duration(double s) {
+  char b[32];
+  if (!(s >= 0) || s > 1e12) return "?";
+  if (s < 60) std::snprintf(b, sizeof b, "%.0fs", s);
+  else if (s < 3600) std::snprintf(b, sizeof b, "%dm%02ds", int(s) / 60, int(s) % 60);
+  else std::snprintf(b, sizeof b, "%dh%02dm", int(s) / 3600, int(s) % 3600 / 60);
+  return b;
+}
+
 namespace detail {
 struct Common {
   int threads = 1;

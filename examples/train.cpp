@@ -21,14 +21,7 @@ using namespace engram;
 
 namespace {
 
-std::string duration(double s) {
-  char b[32];
-  if (!std::isfinite(s) || s < 0) return "?";
-  if (s < 60) std::snprintf(b, sizeof b, "%.0fs", s);
-  else if (s < 3600) std::snprintf(b, sizeof b, "%dm%02ds", int(s) / 60, int(s) % 60);
-  else std::snprintf(b, sizeof b, "%dh%02dm", int(s) / 3600, int(s) % 3600 / 60);
-  return b;
-}
+using cli::duration;
 
 struct ModelOptions {
   std::string arch = "llama";
