@@ -8,6 +8,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "engram/core/parallel.hpp"
@@ -142,9 +143,10 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-/// max |got - ref| / max |ref|: the relative error the golden comparisons use.
-template <class T>
-double relative_error(ConstView<T> got, ConstView<float> ref) {
+/// max |got - ref| / max |ref|: the relative error the golden comparisons use (scalar types named:
+/// relative_error<T>(got, float_ref) or relative_error<T, U>; a NaN difference counts as infinite).
+template <class T, class U = float>
+double relative_error(ConstView<T> got, std::type_identity_t<ConstView<U>> ref) {
   REQUIRE(got.rows() == ref.rows());
   REQUIRE(got.cols() == ref.cols());
   double err = 0, scale = 0;
@@ -154,7 +156,16 @@ double relative_error(ConstView<T> got, ConstView<float> ref) {
       err = std::isnan(d) ? INFINITY : std::max(err, d);
       scale = std::max(scale, std::abs(double(ref(r, c))));
     }
-  return err / std::max(scale, 1e-30);
+  return err / std::max(scale, 1e-300);
+}
+
+/// `x` converted to scalar type T (cast<T>(float_view) or cast<T, U>).
+template <class T, class U = float>
+Tensor<T> cast(std::type_identity_t<ConstView<U>> x) {
+  Tensor<T> out({x.rows(), x.cols()});
+  for (Index r = 0; r < x.rows(); ++r)
+    for (Index c = 0; c < x.cols(); ++c) out(r, c) = T(x(r, c));
+  return out;
 }
 
 /// Token ids stored as I64 in a golden file.

@@ -20,7 +20,7 @@ const Checkpoint& golden() {
 }
 
 template <class T>
-double rel(ConstView<T> got, const Checkpoint& g, const std::string& name) {
+double rel_to_f64(ConstView<T> got, const Checkpoint& g, const std::string& name) {
   const Tensor<double> ref = g.read<double>(name);
   REQUIRE(got.rows() * got.cols() == ref.numel());
   double err = 0, scale = 0;
@@ -119,8 +119,8 @@ TEST_CASE("ARMT forward and associative states match the reference per segment",
   const rmt::SegmentCallback<double> check_segment = [&](const rmt::SegmentOutput<double>& o) {
     const std::string p = "seg" + std::to_string(k) + ".";
     INFO(p);
-    CHECK(rel<double>(o.hidden, golden(), p + "hidden") <= 1e-10);
-    CHECK(rel<double>(o.logits, golden(), p + "logits") <= 1e-10);
+    CHECK(rel_to_f64<double>(o.hidden, golden(), p + "hidden") <= 1e-10);
+    CHECK(rel_to_f64<double>(o.logits, golden(), p + "logits") <= 1e-10);
   };
   for (; k < 3; ++k) {
     const Index begin = 6 * k, n = std::min<Index>(6, Index(tok.size()) - begin);
@@ -129,15 +129,15 @@ TEST_CASE("ARMT forward and associative states match the reference per segment",
     for (Index l = 0; l < 2; ++l) {
       const std::string p = "seg" + std::to_string(k) + ".";
       INFO(p << " layer " << l);
-      CHECK(rel<double>(s.A(l), golden(), p + "A" + std::to_string(l)) <= 1e-10);
-      CHECK(rel<double>(s.z(l), golden(), p + "z" + std::to_string(l)) <= 1e-10);
+      CHECK(rel_to_f64<double>(s.A(l), golden(), p + "A" + std::to_string(l)) <= 1e-10);
+      CHECK(rel_to_f64<double>(s.z(l), golden(), p + "z" + std::to_string(l)) <= 1e-10);
     }
   }
   const auto r = w.run(tok, {.all_logits = true});
   CHECK(r.n_segments == 3);
-  CHECK(rel<double>(r.logits.view(), golden(), "logits") <= 1e-10);
+  CHECK(rel_to_f64<double>(r.logits.view(), golden(), "logits") <= 1e-10);
   const auto wf = rmt::load_armt<float>(test::fixture("rmt_grad/armt"));
-  CHECK(rel<float>(wf.run(tok, {.all_logits = true}).logits.view(), golden(), "logits") <= 1e-5);
+  CHECK(rel_to_f64<float>(wf.run(tok, {.all_logits = true}).logits.view(), golden(), "logits") <= 1e-5);
 }
 
 TEST_CASE("ARMT with W_mv = 0 reads nothing: the plain backbone on [x | M] per segment", "[armt][golden]") {
@@ -149,7 +149,7 @@ TEST_CASE("ARMT with W_mv = 0 reads nothing: the plain backbone on [x | M] per s
     layers.push_back(std::move(z));
   }
   const rmt::ArmtWrapper<double> w0(w.shared_backbone(), w.config(), w.memory().copy(), std::move(layers));
-  CHECK(rel<double>(w0.run(tokens(), {.all_logits = true}).logits.view(), golden(), "armt_m0.logits") <= 1e-10);
+  CHECK(rel_to_f64<double>(w0.run(tokens(), {.all_logits = true}).logits.view(), golden(), "armt_m0.logits") <= 1e-10);
 }
 
 TEST_CASE("ARMT BPTT gradients match the autograd reference", "[armt][train][golden]") {

@@ -13,7 +13,7 @@ using namespace engram;
 
 namespace {
 
-const Checkpoint& golden(const std::string& layout) {
+const Checkpoint& grad_golden(const std::string& layout) {
   static const Checkpoint dec = Checkpoint::open(test::fixture("rmt_grad/decoder/golden.safetensors"));
   static const Checkpoint enc = Checkpoint::open(test::fixture("rmt_grad/encoder/golden.safetensors"));
   return layout == "decoder" ? dec : enc;
@@ -76,7 +76,7 @@ template <class T>
 void check_decoder_variant(const std::string& variant, const std::string& labels, Index k2, double tolerance) {
   auto w = rmt::load<T>(test::fixture("rmt_grad/decoder"));
   auto& cell = const_cast<rmt::MemoryCell<T>&>(w.cell());
-  const Checkpoint& g = golden("decoder");
+  const Checkpoint& g = grad_golden("decoder");
   const rmt::TrainBatch batch = decoder_batch(g, labels);
   Gradients<T> grads(cell);
   rmt::BpttBuffers<T> buf;
@@ -139,7 +139,7 @@ TEST_CASE("RMT decoder BPTT gradients match the autograd reference", "[rmt][trai
 TEST_CASE("RMT truncated BPTT: k2 >= segments is full BPTT, k2 = 1 cuts the memory gradient", "[rmt][train]") {
   auto w = rmt::load<double>(test::fixture("rmt_grad/decoder"));
   auto& cell = const_cast<rmt::MemoryCell<double>&>(w.cell());
-  const rmt::TrainBatch lm = decoder_batch(golden("decoder"), "labels"), answer = decoder_batch(golden("decoder"), "answer.labels");
+  const rmt::TrainBatch lm = decoder_batch(grad_golden("decoder"), "labels"), answer = decoder_batch(grad_golden("decoder"), "answer.labels");
   auto grads_of = [&](const rmt::TrainBatch& b, Index k2) {
     Gradients<double> g(cell);
     rmt::BpttBuffers<double> buf;
@@ -177,7 +177,7 @@ TEST_CASE("RMT encoder BPTT gradients match the autograd reference", "[rmt][trai
     INFO(variant);
     auto w = rmt::load<double>(test::fixture("rmt_grad/encoder"));
     auto& cell = const_cast<rmt::MemoryCell<double>&>(w.cell());
-    const Checkpoint& g = golden("encoder");
+    const Checkpoint& g = grad_golden("encoder");
     rmt::TrainBatch b;
     b.tokens = test::read_tokens(g);
     b.n_seqs = 1, b.length = Index(b.tokens.size());

@@ -6,31 +6,11 @@
 #include "engram/core/ops.hpp"
 #include "engram/ttt/loader.hpp"
 #include "test_util.hpp"
+#include "ttt/ttt_fixture.hpp"
 
 using namespace engram;
 
 namespace {
-
-/// The layer config of a fixture, from its __metadata__.
-ttt::ModelSpec spec_from_metadata(const std::map<std::string, std::string>& md) {
-  ttt::ModelSpec s;
-  ttt::Config& c = s.layer;
-  c.d_model = std::stoi(md.at("hidden_size"));
-  c.n_heads = std::stoi(md.at("num_attention_heads"));
-  c.mini_batch = std::stoi(md.at("mini_batch_size"));
-  c.kind = md.at("ttt_layer_type") == "mlp" ? ttt::Kind::mlp : ttt::Kind::linear;
-  c.base_lr = std::stod(md.at("ttt_base_lr"));
-  c.rope_theta = std::stod(md.at("rope_theta"));
-  c.share_qk = md.at("share_qk") == "true";
-  c.use_gate = md.at("use_gate") == "true";
-  c.pre_conv = md.at("pre_conv") == "true";
-  c.conv_kernel = std::stoi(md.at("conv_kernel"));
-  s.vocab_size = 1;
-  s.n_layers = 1;
-  s.d_ff = std::stoi(md.at("intermediate_size"));
-  s.rms_eps = std::stod(md.at("rms_norm_eps"));
-  return s;
-}
 
 /// [H, L, d] (a reference trace, rows = H * L) -> [L, H * d] (engram's head-major columns).
 Tensor<float> merge_heads(const Tensor<float>& t) {
@@ -50,29 +30,6 @@ Tensor<T> transposed(ConstView<T> x) {
   return out;
 }
 
-template <class T>
-Tensor<T> cast(ConstView<float> x) {
-  Tensor<T> out({x.rows(), x.cols()});
-  for (Index r = 0; r < x.rows(); ++r)
-    for (Index c = 0; c < x.cols(); ++c) out(r, c) = T(x(r, c));
-  return out;
-}
-
-/// max |a - b| / max |b| for two engram tensors of any scalar types.
-template <class A, class B>
-double rel(ConstView<A> a, ConstView<B> b) {
-  REQUIRE(a.rows() == b.rows());
-  REQUIRE(a.cols() == b.cols());
-  double err = 0, scale = 0;
-  for (Index r = 0; r < a.rows(); ++r)
-    for (Index c = 0; c < a.cols(); ++c) {
-      const double d = std::abs(double(a(r, c)) - double(b(r, c)));
-      err = std::isnan(d) ? INFINITY : std::max(err, d);
-      scale = std::max(scale, std::abs(double(b(r, c))));
-    }
-  return err / std::max(scale, 1e-30);
-}
-
 /// One block of a layer fixture with its own sequence state.
 template <class T>
 struct BlockRunner {
@@ -84,7 +41,7 @@ struct BlockRunner {
   Index seen = 0;
 
   BlockRunner(const Checkpoint& ck, ttt::InnerForm form = ttt::InnerForm::dual)
-      : spec(spec_from_metadata(ck.files().at(0).metadata())), block(ttt::make_block<T>(spec)) {
+      : spec(test::spec_from_metadata(ck.files().at(0).metadata())), block(ttt::make_block<T>(spec)) {
     hf::WeightBinder<T> b(ck, "fixture");
     ttt::bind_block<T>(b, "param.", spec, block);
     ttt::ttt_layer(block).form = form;
@@ -101,7 +58,7 @@ struct BlockRunner {
     Tensor<T> out({x.rows(), x.cols()});
     Index t = 0;
     for (Index n : pieces) {
-      Tensor<T> h = cast<T>(x.middle_rows(t, n));
+      Tensor<T> h = test::cast<T>(x.middle_rows(t, n));
       StepContext<T> ctx;
       ctx.workspace = &ws;
       ctx.flops = &flops;
@@ -126,12 +83,12 @@ Checkpoint open_layer_fixture(const std::string& name) { return Checkpoint::open
 /// Relative error of every inner-state tensor against another state.
 template <class T, class U>
 double state_error(ttt::State<T>& a, ttt::State<U>& b) {
-  double e = std::max({rel<T, U>(a.W1.view(), b.W1.view()), rel<T, U>(a.b1.view(), b.b1.view()),
-                       rel<T, U>(a.W1_grad.view(), b.W1_grad.view()), rel<T, U>(a.b1_grad.view(), b.b1_grad.view())});
+  double e = std::max({test::relative_error<T, U>(a.W1.view(), b.W1.view()), test::relative_error<T, U>(a.b1.view(), b.b1.view()),
+                       test::relative_error<T, U>(a.W1_grad.view(), b.W1_grad.view()), test::relative_error<T, U>(a.b1_grad.view(), b.b1_grad.view())});
   if (!a.W2.empty())
-    e = std::max({e, rel<T, U>(a.W2.view(), b.W2.view()), rel<T, U>(a.b2.view(), b.b2.view()),
-                  rel<T, U>(a.W2_grad.view(), b.W2_grad.view()), rel<T, U>(a.b2_grad.view(), b.b2_grad.view())});
-  if (!a.conv_qk.empty()) e = std::max(e, rel<T, U>(a.conv_qk.view(), b.conv_qk.view()));
+    e = std::max({e, test::relative_error<T, U>(a.W2.view(), b.W2.view()), test::relative_error<T, U>(a.b2.view(), b.b2.view()),
+                  test::relative_error<T, U>(a.W2_grad.view(), b.W2_grad.view()), test::relative_error<T, U>(a.b2_grad.view(), b.b2_grad.view())});
+  if (!a.conv_qk.empty()) e = std::max(e, test::relative_error<T, U>(a.conv_qk.view(), b.conv_qk.view()));
   return a.position == b.position ? e : INFINITY;
 }
 
@@ -144,15 +101,15 @@ TEST_CASE("TTT blocks match the PyTorch reference: dual and primal and decode", 
     const auto x = ck.read<float>("input.x");
     const auto ref = ck.read<float>("output.block");
     BlockRunner<float> dual(ck);
-    const double e_dual = rel<float, float>(dual.run(x.view()).view(), ref.view());
+    const double e_dual = test::relative_error<float, float>(dual.run(x.view()).view(), ref.view());
     BlockRunner<float> primal(ck, ttt::InnerForm::primal);
-    const double e_primal = rel<float, float>(primal.run(x.view()).view(), ck.read<float>("output.block_primal").view());
+    const double e_primal = test::relative_error<float, float>(primal.run(x.view()).view(), ck.read<float>("output.block_primal").view());
     BlockRunner<float> dec(ck);
     std::vector<Index> pieces = {21};
     pieces.resize(pieces.size() + 16, 1);
-    const double e_decode = rel<float, float>(dec.run(x.view(), pieces).view(), ck.read<float>("output.block_decode").view());
+    const double e_decode = test::relative_error<float, float>(dec.run(x.view(), pieces).view(), ck.read<float>("output.block_decode").view());
     BlockRunner<double> dual64(ck);
-    const double e_double = rel<double, float>(dual64.run(x.view()).view(), ref.view());
+    const double e_double = test::relative_error<double, float>(dual64.run(x.view()).view(), ref.view());
     INFO(name << " block relative error: dual " << e_dual << ", primal " << e_primal << ", decode 21+16x1 " << e_decode
               << ", double " << e_double);
     CHECK(e_dual <= 1e-5);
@@ -164,19 +121,19 @@ TEST_CASE("TTT blocks match the PyTorch reference: dual and primal and decode", 
     // 5 pending tokens, the conv histories.
     ttt::State<float>& st = dec.ttt_state();
     CHECK(st.position == 37);
-    double e_state = std::max({rel<float, float>(st.W1.view(), ck.read<float>("state.W1").view()),
-                               rel<float, float>(st.b1.view(), ck.read<float>("state.b1").view()),
-                               rel<float, float>(st.W1_grad.view(), ck.read<float>("state.W1_grad").view()),
-                               rel<float, float>(st.b1_grad.view(), ck.read<float>("state.b1_grad").view())});
+    double e_state = std::max({test::relative_error<float, float>(st.W1.view(), ck.read<float>("state.W1").view()),
+                               test::relative_error<float, float>(st.b1.view(), ck.read<float>("state.b1").view()),
+                               test::relative_error<float, float>(st.W1_grad.view(), ck.read<float>("state.W1_grad").view()),
+                               test::relative_error<float, float>(st.b1_grad.view(), ck.read<float>("state.b1_grad").view())});
     if (dec.spec.layer.kind == ttt::Kind::mlp)
-      e_state = std::max({e_state, rel<float, float>(st.W2.view(), ck.read<float>("state.W2").view()),
-                          rel<float, float>(st.b2.view(), ck.read<float>("state.b2").view()),
-                          rel<float, float>(st.W2_grad.view(), ck.read<float>("state.W2_grad").view()),
-                          rel<float, float>(st.b2_grad.view(), ck.read<float>("state.b2_grad").view())});
+      e_state = std::max({e_state, test::relative_error<float, float>(st.W2.view(), ck.read<float>("state.W2").view()),
+                          test::relative_error<float, float>(st.b2.view(), ck.read<float>("state.b2").view()),
+                          test::relative_error<float, float>(st.W2_grad.view(), ck.read<float>("state.W2_grad").view()),
+                          test::relative_error<float, float>(st.b2_grad.view(), ck.read<float>("state.b2_grad").view())});
     if (dec.spec.layer.share_qk)
-      e_state = std::max(e_state, rel<float, float>(transposed<float>(st.conv_qk.view()).view(), ck.read<float>("state.conv_qk").view()));
+      e_state = std::max(e_state, test::relative_error<float, float>(transposed<float>(st.conv_qk.view()).view(), ck.read<float>("state.conv_qk").view()));
     if (dec.spec.layer.pre_conv)
-      e_state = std::max(e_state, rel<float, float>(transposed<float>(dec.conv_state().history.view()).view(),
+      e_state = std::max(e_state, test::relative_error<float, float>(transposed<float>(dec.conv_state().history.view()).view(),
                                                     ck.read<float>("state.conv_pre").view()));
     INFO(name << " decode state relative error " << e_state);
     CHECK(e_state <= 1e-5);
@@ -205,12 +162,12 @@ TEST_CASE("TTT layer traces match the reference: projections and RoPE and eta an
     r.block.branches[branch].norm.forward(h.view(), normed.view());
     ttt::Trace<float> trace;
     r.layer().forward_traced(normed.view(), out.view(), r.states[branch].get(), ctx, &trace);
-    const double e[] = {rel<float, float>(trace.XQ.view(), merge_heads(ck.read<float>("trace.XQ")).view()),
-                        rel<float, float>(trace.XK.view(), merge_heads(ck.read<float>("trace.XK")).view()),
-                        rel<float, float>(trace.XV.view(), merge_heads(ck.read<float>("trace.XV")).view()),
-                        rel<float, float>(trace.lr.view(), ck.read<float>("trace.ttt_lr").view()),
-                        rel<float, float>(trace.inner_out.view(), merge_heads(ck.read<float>("trace.inner_out")).view()),
-                        rel<float, float>(out.view(), ck.read<float>("trace.layer_out").view())};
+    const double e[] = {test::relative_error<float, float>(trace.XQ.view(), merge_heads(ck.read<float>("trace.XQ")).view()),
+                        test::relative_error<float, float>(trace.XK.view(), merge_heads(ck.read<float>("trace.XK")).view()),
+                        test::relative_error<float, float>(trace.XV.view(), merge_heads(ck.read<float>("trace.XV")).view()),
+                        test::relative_error<float, float>(trace.lr.view(), ck.read<float>("trace.ttt_lr").view()),
+                        test::relative_error<float, float>(trace.inner_out.view(), merge_heads(ck.read<float>("trace.inner_out")).view()),
+                        test::relative_error<float, float>(out.view(), ck.read<float>("trace.layer_out").view())};
     INFO(name << " traces XQ " << e[0] << " XK " << e[1] << " XV " << e[2] << " lr " << e[3] << " inner_out " << e[4]
               << " layer_out " << e[5]);
     for (double v : e) CHECK(v <= 1e-5);
@@ -235,15 +192,15 @@ TEMPLATE_TEST_CASE("TTT invariants: dual equals primal and every chunking gives 
     const auto full = base.run(x.view());
     BlockRunner<T> primal(ck, ttt::InnerForm::primal);
     const auto full_primal = primal.run(x.view());
-    CHECK(rel<T, T>(full_primal.view(), full.view()) <= tol);
+    CHECK(test::relative_error<T, T>(full_primal.view(), full.view()) <= tol);
     CHECK(state_error(primal.ttt_state(), base.ttt_state()) <= tol);
     for (const auto& pieces : chunkings) {
       for (auto form : {ttt::InnerForm::dual, ttt::InnerForm::primal}) {
         INFO("pieces " << pieces.size() << " first " << pieces[0] << " form " << int(form));
         BlockRunner<T> r(ck, form);
-        CHECK(rel<T, T>(r.run(x.view(), pieces).view(), full.view()) <= tol);
+        CHECK(test::relative_error<T, T>(r.run(x.view(), pieces).view(), full.view()) <= tol);
         CHECK(state_error(r.ttt_state(), base.ttt_state()) <= tol);
-        if (r.spec.layer.pre_conv) CHECK(rel<T, T>(r.conv_state().history.view(), base.conv_state().history.view()) == 0);
+        if (r.spec.layer.pre_conv) CHECK(test::relative_error<T, T>(r.conv_state().history.view(), base.conv_state().history.view()) == 0);
       }
     }
   }
@@ -265,7 +222,7 @@ TEST_CASE("TTT layer state clones fork a sequence", "[ttt][invariant]") {
   a.run(other.view());  // the original sequence diverges
   a.states = std::move(forked);
   const auto tail = a.run(x.view().middle_rows(19, 21));
-  CHECK(rel<double, double>(tail.view(), ref.view().middle_rows(19, 21)) <= 1e-12);
+  CHECK(test::relative_error<double, double>(tail.view(), ref.view().middle_rows(19, 21)) <= 1e-12);
   CHECK(state_error(a.ttt_state(), r.ttt_state()) <= 1e-12);
 }
 
@@ -303,7 +260,7 @@ TEST_CASE("closed-form LN+L2 backward and gelu derivative match finite differenc
     // grad may alias z
     Tensor<double> in_place = z.copy();
     ttt::ln_l2_grad<double>(in_place.view(), y.view(), g1.data(), b.data(), 1e-6, in_place.view());
-    CHECK(rel<double, double>(in_place.view(), grad.view()) == 0);
+    CHECK(test::relative_error<double, double>(in_place.view(), grad.view()) == 0);
   }
   Tensor<double> x({1, 401}), d({1, 401});
   for (Index i = 0; i < 401; ++i) x(0, i) = -8.0 + 0.04 * double(i);
@@ -426,11 +383,11 @@ TEST_CASE("dual and primal kernels agree on whole and partial mini-batches", "[t
       seg.out = op.view();
       arena.reset();
       ttt::primal_segment<double>(kind, wp.params(), sp.params(), seg, commit, arena);
-      CHECK(rel<double, double>(od.view(), op.view()) <= 1e-13);
+      CHECK(test::relative_error<double, double>(od.view(), op.view()) <= 1e-13);
       const auto a = wd.all(), bb = wp.all(), ga = sd.all(), gb = sp.all();
       for (std::size_t i = 0; i < a.size(); ++i) {
-        CHECK(rel<double, double>(a[i]->view(), bb[i]->view()) <= 1e-13);
-        if (!commit) CHECK(rel<double, double>(ga[i]->view(), gb[i]->view()) <= 1e-13);
+        CHECK(test::relative_error<double, double>(a[i]->view(), bb[i]->view()) <= 1e-13);
+        if (!commit) CHECK(test::relative_error<double, double>(ga[i]->view(), gb[i]->view()) <= 1e-13);
         else CHECK(test::max_abs(test::to_mat<double>(ga[i]->view())) + test::max_abs(test::to_mat<double>(gb[i]->view())) == 0);
       }
     }
@@ -465,8 +422,8 @@ TEST_CASE("causal conv streams in pieces and RoPE with a table row offset", "[tt
     conv.forward(u.view().middle_rows(t, n), y2.view().middle_rows(t, n), s2.get(), ctx);
     t += n;
   }
-  CHECK(rel<double, double>(y2.view(), y1.view()) == 0);
-  CHECK(rel<double, double>(dynamic_cast<ttt::ConvState<double>&>(*s2).history.view(), u.view().middle_rows(7, 4)) == 0);
+  CHECK(test::relative_error<double, double>(y2.view(), y1.view()) == 0);
+  CHECK(test::relative_error<double, double>(dynamic_cast<ttt::ConvState<double>&>(*s2).history.view(), u.view().middle_rows(7, 4)) == 0);
   CHECK_THROWS_AS(conv.forward(u.view().middle_rows(0, 0), y1.view().middle_rows(0, 0), s2.get(), ctx), Error);
 
   // apply_rope(..., table_row0): rows of a 0..15 table serve positions 5..9.
@@ -478,7 +435,7 @@ TEST_CASE("causal conv streams in pieces and RoPE with a table row offset", "[tt
   auto b = a.copy();
   apply_rope<double>(a.view(), 2, 8, table, RopePairing::interleaved, 5);
   apply_rope<double>(b.view(), 2, 8, make_rope_table<double>(inv, some), RopePairing::interleaved);
-  CHECK(rel<double, double>(a.view(), b.view()) == 0);
+  CHECK(test::relative_error<double, double>(a.view(), b.view()) == 0);
   CHECK_THROWS_AS(apply_rope<double>(a.view(), 2, 8, table, RopePairing::interleaved, 12), Error);
 }
 

@@ -12,14 +12,6 @@ using namespace engram;
 
 namespace {
 
-/// Runs the scope on one thread: finite differences evaluate the loss thousands of times, and an
-/// OpenMP region per evaluation costs milliseconds when the machine's other core is busy.
-struct OneThread {
-  int previous = num_threads();
-  OneThread() { set_num_threads(1); }
-  ~OneThread() { set_num_threads(previous); }
-};
-
 /// A parameter under test: its value (perturbed in place) and the analytic gradient.
 struct Probe {
   std::string name;
@@ -32,7 +24,7 @@ struct Probe {
 /// under ASan); `report` receives one line per probe.
 double fd_error(const std::vector<Probe>& probes, const std::function<double()>& loss, std::string& report, Index per_probe = 12,
                 double h = 3e-6) {
-  const OneThread one_thread;
+  const test::ThreadCount one_thread(1);  // finite differences: thousands of small evaluations
   double worst = 0;
   std::ostringstream out;
   for (const Probe& p : probes) {

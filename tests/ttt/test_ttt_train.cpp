@@ -9,38 +9,11 @@
 #include "engram/train/step.hpp"
 #include "engram/ttt/loader.hpp"
 #include "test_util.hpp"
+#include "ttt/ttt_fixture.hpp"
 
 using namespace engram;
 
 namespace {
-
-/// Runs the scope on one thread: finite differences evaluate the loss thousands of times, and an
-/// OpenMP region per evaluation costs milliseconds when the machine's other core is busy.
-struct OneThread {
-  int previous = num_threads();
-  OneThread() { set_num_threads(1); }
-  ~OneThread() { set_num_threads(previous); }
-};
-
-ttt::ModelSpec spec_from_metadata(const std::map<std::string, std::string>& md) {
-  ttt::ModelSpec s;
-  ttt::Config& c = s.layer;
-  c.d_model = std::stoi(md.at("hidden_size"));
-  c.n_heads = std::stoi(md.at("num_attention_heads"));
-  c.mini_batch = std::stoi(md.at("mini_batch_size"));
-  c.kind = md.at("ttt_layer_type") == "mlp" ? ttt::Kind::mlp : ttt::Kind::linear;
-  c.base_lr = std::stod(md.at("ttt_base_lr"));
-  c.rope_theta = std::stod(md.at("rope_theta"));
-  c.share_qk = md.at("share_qk") == "true";
-  c.use_gate = md.at("use_gate") == "true";
-  c.pre_conv = md.at("pre_conv") == "true";
-  c.conv_kernel = std::stoi(md.at("conv_kernel"));
-  s.vocab_size = 1;
-  s.n_layers = 1;
-  s.d_ff = std::stoi(md.at("intermediate_size"));
-  s.rms_eps = std::stod(md.at("rms_norm_eps"));
-  return s;
-}
 
 /// Every parameter of a block: the branch norms and each layer's parameters.
 template <class T>
@@ -76,29 +49,6 @@ struct Trainer {
   }
 };
 
-template <class T>
-Tensor<T> cast(ConstView<float> x) {
-  Tensor<T> out({x.rows(), x.cols()});
-  for (Index r = 0; r < x.rows(); ++r)
-    for (Index c = 0; c < x.cols(); ++c) out(r, c) = T(x(r, c));
-  return out;
-}
-
-/// max |a - b| / max |b|.
-template <class A, class B>
-double rel(ConstView<A> a, ConstView<B> b) {
-  REQUIRE(a.rows() == b.rows());
-  REQUIRE(a.cols() == b.cols());
-  double err = 0, scale = 0;
-  for (Index r = 0; r < a.rows(); ++r)
-    for (Index c = 0; c < a.cols(); ++c) {
-      const double d = std::abs(double(a(r, c)) - double(b(r, c)));
-      err = std::isnan(d) ? INFINITY : std::max(err, d);
-      scale = std::max(scale, std::abs(double(b(r, c))));
-    }
-  return err / std::max(scale, 1e-300);
-}
-
 const char* const kFixtures[] = {"ttt_linear_T", "ttt_linear_M", "ttt_mlp_T", "ttt_mlp_M"};
 
 /// A block bound to a gradient fixture's parameters, and a second block holding the reference
@@ -111,7 +61,7 @@ struct GradFixture {
   Block<T> block, ref;
   GradFixture(const std::string& name, ttt::InnerForm form)
       : ck(Checkpoint::open(test::fixture("ttt_grad/" + name + ".safetensors"))),
-        spec(spec_from_metadata(ck.files().at(0).metadata())),
+        spec(test::spec_from_metadata(ck.files().at(0).metadata())),
         block(ttt::make_block<T>(spec)),
         ref(ttt::make_block<T>(spec)) {
     hf::WeightBinder<T> b(ck, "fixture");
@@ -141,14 +91,14 @@ TEMPLATE_TEST_CASE("TTT block gradients match the PyTorch autograd reference (L 
       const Index L = x.rows();
       BlockParams<T> params{f.block};
       Trainer<T> tr(params, 1, L);
-      Tensor<T> h = cast<T>(x.view());
+      Tensor<T> h = test::cast<T>(x.view());
       f.block.forward_train(h.view(), tr.ctx);
-      const double e_out = rel<T, double>(h.view(), f.ck.template read<double>("output.block").view());
-      Tensor<T> dh = cast<T>(R.view());
+      const double e_out = test::relative_error<T, double>(h.view(), f.ck.template read<double>("output.block").view());
+      Tensor<T> dh = test::cast<T>(R.view());
       f.block.backward(dh.view(), tr.ctx);
       CHECK(tr.tape.empty());
       std::ostringstream report;
-      double worst = rel<T, double>(dh.view(), f.ck.template read<double>("grad.x").view());
+      double worst = test::relative_error<T, double>(dh.view(), f.ck.template read<double>("grad.x").view());
       report << "output " << e_out << ", grad.x " << worst << "\n";
       BlockParams<T> refs{f.ref};
       std::vector<Tensor<T>*> ref_tensors;
@@ -157,7 +107,7 @@ TEMPLATE_TEST_CASE("TTT block gradients match the PyTorch autograd reference (L 
       params.visit_parameters([&](const std::string& n, Tensor<T>& p) {
         Tensor<T>* g = tr.grads.find(p);
         REQUIRE(g != nullptr);
-        const double e = rel<T, T>(g->view(), ref_tensors.at(i++)->view());
+        const double e = test::relative_error<T, T>(g->view(), ref_tensors.at(i++)->view());
         report << n << " " << e << "\n";
         worst = std::max(worst, e);
       });
@@ -218,7 +168,7 @@ TEST_CASE("the TTT layer's outer gradients match finite differences in double (b
       Trainer<double> tr(layer, n_seqs, L);
       Tensor<double> y({n_seqs * L, C}), dx({n_seqs * L, C});
       layer.forward_train(x.view(), y.view(), tr.ctx);
-      CHECK(rel<double, double>(y.view(), prefill<double>(layer, x.view(), n_seqs).view()) <= 1e-14);
+      CHECK(test::relative_error<double, double>(y.view(), prefill<double>(layer, x.view(), n_seqs).view()) <= 1e-14);
       layer.backward(R.view(), dx.view(), tr.ctx);
       CHECK(tr.tape.empty());
       auto loss = [&] {
@@ -228,7 +178,7 @@ TEST_CASE("the TTT layer's outer gradients match finite differences in double (b
           for (Index c = 0; c < C; ++c) l += R(r, c) * out(r, c);
         return l;
       };
-      const OneThread one_thread;
+      const test::ThreadCount one_thread(1);  // finite differences: thousands of small evaluations
       std::ostringstream report;
       double worst = 0;
       auto probe = [&](const std::string& name, Tensor<double>& value, const Tensor<double>& grad, Index stride) {
@@ -271,7 +221,7 @@ TEST_CASE("CausalConv's training forward equals its inference forward per sequen
   Trainer<double> tr(conv, n_seqs, L);
   Tensor<double> y({n_seqs * L, 6}), dx({n_seqs * L, 6});
   conv.forward_train(x.view(), y.view(), tr.ctx);
-  CHECK(rel<double, double>(y.view(), prefill<double>(conv, x.view(), n_seqs).view()) == 0);
+  CHECK(test::relative_error<double, double>(y.view(), prefill<double>(conv, x.view(), n_seqs).view()) == 0);
   conv.backward(R.view(), dx.view(), tr.ctx);
   auto loss = [&] {
     const Tensor<double> out = prefill<double>(conv, x.view(), n_seqs);
@@ -280,7 +230,7 @@ TEST_CASE("CausalConv's training forward equals its inference forward per sequen
       for (Index c = 0; c < 6; ++c) l += R(r, c) * out(r, c);
     return l;
   };
-  const OneThread one_thread;
+  const test::ThreadCount one_thread(1);  // finite differences: thousands of small evaluations
   double worst = 0;
   for (auto [value, grad] : {std::pair{&x, &dx}, {&conv.conv.weight, tr.grads.find(conv.conv.weight)}, {&conv.conv.bias, tr.grads.find(conv.conv.bias)}})
     for (Index r = 0; r < value->rows(); ++r)
@@ -307,7 +257,7 @@ TEST_CASE("TTT training: forward_train equals prefill in float, frozen parameter
     Trainer<float> tr(layer, n_seqs, L);
     Tensor<float> y({n_seqs * L, C}), dx({n_seqs * L, C});
     layer.forward_train(x.view(), y.view(), tr.ctx);
-    CHECK(rel<float, float>(y.view(), prefill<float>(layer, x.view(), n_seqs).view()) <= 1e-6);
+    CHECK(test::relative_error<float, float>(y.view(), prefill<float>(layer, x.view(), n_seqs).view()) <= 1e-6);
     layer.backward(y.view(), dx.view(), tr.ctx);
     // Freezing the inner initial weights and the inner LayerNorm leaves every other gradient as is.
     Trainer<float> frozen(layer, n_seqs, L, [](const std::string& n) { return n != "W1" && n.rfind("ttt_norm", 0) != 0; });
@@ -315,8 +265,8 @@ TEST_CASE("TTT training: forward_train equals prefill in float, frozen parameter
     layer.forward_train(x.view(), y2.view(), frozen.ctx);
     layer.backward(y.view(), dx2.view(), frozen.ctx);
     CHECK(frozen.grads.find(layer.W1) == nullptr);
-    CHECK(rel<float, float>(dx2.view(), dx.view()) == 0);
-    for (const auto& e : frozen.grads.entries()) CHECK(rel<float, float>(e.grad.view(), tr.grads.at(e.name).view()) == 0);
+    CHECK(test::relative_error<float, float>(dx2.view(), dx.view()) == 0);
+    for (const auto& e : frozen.grads.entries()) CHECK(test::relative_error<float, float>(e.grad.view(), tr.grads.at(e.name).view()) == 0);
   }
   GradFixture<float> f("ttt_linear_T", ttt::InnerForm::dual);
   ttt::Layer<float>& layer = ttt::ttt_layer(f.block);
@@ -365,7 +315,7 @@ TEMPLATE_TEST_CASE("a two-layer TTT language model's loss and every gradient mat
   model.visit_parameters([&](const std::string& name, Tensor<T>& p) {
     Tensor<T>* ref_t = ref_tensors.at(i++);
     if (Tensor<T>* g = grads.find(p)) {  // the tied head has the embedding's gradient
-      const double e = rel<T, T>(g->view(), ref_t->view());
+      const double e = test::relative_error<T, T>(g->view(), ref_t->view());
       report << name << " " << e << "\n";
       worst = std::max(worst, e);
     }
