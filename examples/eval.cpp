@@ -111,12 +111,12 @@ int main(int argc, char** argv) {
           if (task == "all" || task == "fact_memorization") which.push_back(tasks::Task::fact_memorization);
           if (task == "all" || task == "fact_detection") which.push_back(tasks::Task::fact_detection);
           if (task == "all" || task == "reasoning") which.push_back(tasks::Task::reasoning);
-          std::printf("\n%-18s %10s %10s %8s %9s %17s %12s %10s %9s\n", "task", "length", "tokens", "samples", "accuracy", "95% interval",
-                      "log p(ans)", "state MiB", "seconds");
+          std::printf("\n%-18s %10s %10s %8s %9s %17s %12s %8s %10s %9s\n", "task", "length", "tokens", "samples", "accuracy", "95% interval",
+                      "log p(ans)", "kept", "state MiB", "seconds");
           std::ofstream csv;
           if (!out.empty()) {
             csv.open(out + "_tasks.csv");
-            csv << "model,policy,task,length,samples,correct,accuracy,ci_low,ci_high,answer_log_prob,state_bytes,seconds,tokens\n";
+            csv << "model,policy,budget,task,length,samples,correct,accuracy,ci_low,ci_high,answer_log_prob,cache_kept,state_bytes,seconds,tokens\n";
           }
           std::vector<svg::Series> series;
           for (tasks::Task t : which) {
@@ -125,13 +125,14 @@ int main(int argc, char** argv) {
               tasks::TaskOptions o;
               o.task = t, o.length = len, o.segment_size = segment_size;
               const eval::TaskScore r = eval::score_task(reader, noise, o, {.samples = samples, .encode = encode});
-              std::printf("%-18s %10lld %10.0f %8lld %8.1f%% [%5.1f%%, %5.1f%%] %12.3f %10.2f %9.1f\n", std::string(tasks::name(t)).c_str(), (long long)len,
-                          r.mean_tokens, (long long)samples, 100 * r.accuracy, 100 * r.ci.lo, 100 * r.ci.hi, r.answer_log_prob, double(r.peak_state_bytes) / 1048576.0,
-                          r.seconds);
+              std::printf("%-18s %10lld %10.0f %8lld %8.1f%% [%5.1f%%, %5.1f%%] %12.3f %7.1f%% %10.2f %9.1f\n", std::string(tasks::name(t)).c_str(),
+                          (long long)len, r.mean_tokens, (long long)samples, 100 * r.accuracy, 100 * r.ci.lo, 100 * r.ci.hi, r.answer_log_prob,
+                          100 * r.mean_cache_kept, double(r.peak_state_bytes) / 1048576.0, r.seconds);
               std::fflush(stdout);
               if (csv.is_open())
-                csv << model_dir << ',' << policy << ',' << tasks::name(t) << ',' << len << ',' << samples << ',' << r.correct << ',' << r.accuracy << ','
-                    << r.ci.lo << ',' << r.ci.hi << ',' << r.answer_log_prob << ',' << r.peak_state_bytes << ',' << r.seconds << ',' << r.mean_tokens << '\n';
+                csv << model_dir << ',' << policy << ',' << (budget.empty() ? "none" : budget) << ',' << tasks::name(t) << ',' << len << ',' << samples << ','
+                    << r.correct << ',' << r.accuracy << ',' << r.ci.lo << ',' << r.ci.hi << ',' << r.answer_log_prob << ',' << r.mean_cache_kept << ','
+                    << r.peak_state_bytes << ',' << r.seconds << ',' << r.mean_tokens << '\n';
               s.points.push_back({double(len), 100 * r.accuracy});
             }
             series.push_back(s);

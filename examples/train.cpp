@@ -86,12 +86,13 @@ double training_flops_per_token(const Decoder<float>& model, const train::BatchS
 
 int main(int argc, char** argv) {
   ModelOptions mo;
-  std::string out, corpus = "kjv", task = "lm", background;
+  std::string out, corpus = "kjv", task = "lm", background, init;
   Index task_length = 1024, steps = 2000, batch = 16, micro_batch = 0, warmup = 100, log_every = 10, eval_every = 100,
         eval_batches = 8, checkpoint_every = 200;
   double lr = 3e-3, min_lr = 3e-4, weight_decay = 0.1, clip = 1.0, clip_value = 0.0, held_out = 0.02, beta2 = 0.95;
   std::string decay = "cosine";
   bool resume = false, checkpointing = false;
+  CLI::Option* context_option = nullptr;
   examples::Ranks ranks(argc, argv);  // MPI ranks under mpirun (data-parallel), else one process
   return ranks.finish(cli::run(
       argc, argv,
@@ -117,7 +118,9 @@ int main(int argc, char** argv) {
         app.add_option("--heads", mo.heads, "attention heads")->check(CLI::Range(Index(1), Index(256)));
         app.add_option("--kv-heads", mo.kv_heads, "key/value heads (llama; 0: as many as --heads)")->check(CLI::Range(Index(0), Index(256)));
         app.add_option("--d-ff", mo.d_ff, "feed-forward width (0: 8/3 d for llama's SwiGLU, 4 d for gpt2)")->check(CLI::Range(Index(0), Index(65536)));
-        app.add_option("--context", mo.context, "training context in tokens (lm)")->check(CLI::Range(Index(2), Index(1) << 20));
+        context_option = app.add_option("--context", mo.context, "training context in tokens (lm); with a memory task, the positions the model has "
+                                                "(at least the task's sequence; more lets a curriculum continue at longer lengths with --init)")
+            ->check(CLI::Range(Index(2), Index(1) << 20));
         app.add_option("--init-std", mo.init_std, "standard deviation of the initial weights")->check(cli::range(1e-6, 1.0));
         app.add_option("--steps", steps, "optimizer steps")->check(CLI::Range(Index(1), Index(1) << 40));
         app.add_option("--batch", batch, "sequences per optimizer step (all ranks together under mpirun)")->check(CLI::Range(Index(1), Index(1) << 20));
@@ -137,6 +140,9 @@ int main(int argc, char** argv) {
         app.add_option("--checkpoint-every", checkpoint_every, "checkpoint every N steps (and at the end)")->check(CLI::Range(Index(0), Index(1) << 40));
         app.add_flag("--checkpointing", checkpointing, "gradient checkpointing: recompute every block in backward (less memory, ~30% more time)");
         app.add_flag("--resume", resume, "continue from OUT/checkpoint if it exists");
+        app.add_option("--init", init, "start from the weights of this model directory (same model options; e.g. a shorter-task run's "
+                                       "OUT/checkpoint, for a curriculum over lengths); the optimizer starts fresh")
+            ->check(CLI::ExistingDirectory);
       },
       [&] {
         if (min_lr > lr) cli::usage_error("--min-lr", "must not exceed --lr");
@@ -155,7 +161,7 @@ int main(int argc, char** argv) {
           t.task = task == "fact_memorization" ? tasks::Task::fact_memorization : task == "fact_detection" ? tasks::Task::fact_detection : tasks::Task::reasoning;
           t.length = task_length;
           source = std::make_unique<train::TaskSource>(*noise, t, cli::seed());
-          mo.context = source->seq_len();
+          mo.context = context_option->count() > 0 ? std::max(mo.context, source->seq_len()) : source->seq_len();
         }
         // Model.
         Decoder<float> model = is_ttt(mo) ? ttt::make_decoder<float>(ttt_spec(mo)) : Decoder<float>::create(model_config(mo));
@@ -166,6 +172,10 @@ int main(int argc, char** argv) {
         if (is_ttt(mo)) {
           model_io.save = [](const Decoder<float>& m, const std::filesystem::path& d) { ttt::save_decoder<float>(m, d); };
           model_io.load = [](const std::filesystem::path& d) { return ttt::load_decoder<float>(d); };
+        }
+        if (!init.empty()) {
+          Decoder<float> start = model_io.load(init);
+          train::copy_parameters(start, model, init);
         }
         train::TrainerOptions o;
         o.steps = steps, o.batch = batch, o.micro_batch = micro_batch;

@@ -51,3 +51,4 @@
 #include "engram/policies/tova.hpp"
 #include "engram/policies/window.hpp"
 #include "engram/eval/policy_factory.hpp"
+#include "engram/eval/namm_fitness.hpp"

@@ -33,6 +33,8 @@ struct TaskScore {
   double answer_log_prob = 0;     ///< mean log p(correct answer bytes) (nats)
   double seconds = 0;             ///< wall time of the whole evaluation
   std::size_t peak_state_bytes = 0;  ///< largest per-sequence state seen (after reading a sample)
+  double mean_state_bytes = 0;    ///< per-sequence state after reading a sample, averaged over samples
+  double mean_cache_kept = 1;     ///< Session::cache_kept() after reading a sample, averaged over samples
   double mean_tokens = 0;         ///< tokens read per sample (= the length in bytes for byte tokens)
   std::vector<int> predictions;   ///< predicted class per sample
 };
@@ -46,6 +48,9 @@ using TextEncoder = std::function<std::vector<std::int32_t>(std::string_view tex
 struct TaskEvalOptions {
   Index samples = 100;
   Index first_sample = 0;   ///< sample i uses eval_seed(first_sample + i)
+  /// Set: sample i uses seed_of(i) instead (e.g. a fitness's own stream of fresh samples, disjoint
+  /// from the held-out eval_seed stream).
+  std::function<std::uint64_t(Index)> seed_of = {};
   Index read_chunk = 65536; ///< tokens handed to the session at once (samples stream; no sample is held whole)
   bool parallel = true;     ///< samples in parallel over threads (each model call then runs single-threaded)
   /// Empty: the samples are byte tokens (tasks::ByteTokenizer), streamed; task lengths are tokens.
@@ -53,7 +58,7 @@ struct TaskEvalOptions {
   /// it, and each candidate answer is what the answer adds to the question's ids
   /// (encode(question + answer) past encode(question)), so it is tokenized as it would follow the
   /// question in running text.
-  TextEncoder encode;
+  TextEncoder encode = {};
 };
 
 namespace detail {
@@ -74,8 +79,9 @@ inline std::vector<std::int32_t> encoded_answer(const TextEncoder& encode, const
 }
 }  // namespace detail
 
-/// Reads each sample's context, then scores the 6 candidate answers (tasks/answer.hpp) from forks of
-/// the session; the prediction is the most likely candidate (ties: the lower class id). Tokens
+/// Reads each sample's context (the question last), marks the end of the prompt (Session::end_prompt:
+/// policies that compress once do it there), then scores the 6 candidate answers (tasks/answer.hpp)
+/// from forks of the session; the prediction is the most likely candidate (ties: the lower class id). Tokens
 /// outside the reader's vocabulary (a tokenizer that does not fit the model) are an Error.
 inline TaskScore score_task(const Reader& reader, const tasks::Corpus& corpus, const tasks::TaskOptions& task, const TaskEvalOptions& o = {}) {
   check(o.samples > 0, "eval::score_task", "need at least one sample, got ", o.samples);
@@ -86,11 +92,12 @@ inline TaskScore score_task(const Reader& reader, const tasks::Corpus& corpus, c
   score.predictions.assign(std::size_t(o.samples), -1);
   std::vector<double> answer_lp(std::size_t(o.samples));
   std::vector<std::size_t> bytes(std::size_t(o.samples));
+  std::vector<double> kept(std::size_t(o.samples));
   std::vector<Index> read(std::size_t(o.samples));
   std::vector<int> truth(std::size_t(o.samples));
   const Index vocab = reader.vocab_size();
   auto one = [&](Index i) {
-    tasks::SampleStream stream(corpus, task, eval_seed(o.first_sample + i));
+    tasks::SampleStream stream(corpus, task, o.seed_of ? o.seed_of(i) : eval_seed(o.first_sample + i));
     truth[std::size_t(i)] = stream.info().answer;
     auto session = reader.start();
     std::vector<std::int32_t> chunk(std::size_t(std::min(o.read_chunk, task.length)));
@@ -119,7 +126,9 @@ inline TaskScore score_task(const Reader& reader, const tasks::Corpus& corpus, c
         detail::check_ids(candidates[std::size_t(c)], vocab, "the answer");
       }
     }
+    session->end_prompt();  // the question was the prompt's end: SnapKV and ExpectedAttention compress here
     bytes[std::size_t(i)] = session->state_bytes();
+    kept[std::size_t(i)] = session->cache_kept();
     double best = -INFINITY;
     for (int c = 0; c < int(tasks::kAnswerClasses); ++c) {
       const std::vector<std::int32_t>& cand = candidates[std::size_t(c)];
@@ -132,12 +141,16 @@ inline TaskScore score_task(const Reader& reader, const tasks::Corpus& corpus, c
     }
   };
   parallel_for(0, o.samples, one, o.parallel);
+  double mean_kept = 0;
   for (Index i = 0; i < o.samples; ++i) {
     score.correct += score.predictions[std::size_t(i)] == truth[std::size_t(i)];
     score.answer_log_prob += answer_lp[std::size_t(i)] / double(o.samples);
     score.peak_state_bytes = std::max(score.peak_state_bytes, bytes[std::size_t(i)]);
+    score.mean_state_bytes += double(bytes[std::size_t(i)]) / double(o.samples);
+    mean_kept += kept[std::size_t(i)] / double(o.samples);
     score.mean_tokens += double(read[std::size_t(i)]) / double(o.samples);
   }
+  score.mean_cache_kept = mean_kept;
   score.accuracy = double(score.correct) / double(o.samples);
   score.ci = wilson(score.correct, o.samples);
   score.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

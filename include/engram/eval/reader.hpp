@@ -24,10 +24,16 @@ class Session {
   /// log p(continuation[i] | everything read so far, continuation[0..i)) for every i (natural
   /// log), into out; the continuation is consumed too. Needs at least one token read before.
   virtual void score(std::span<const std::int32_t> continuation, std::span<double> out) = 0;
+  /// Marks the end of the prompt (the context and question read so far): policies that compress
+  /// once, after the prompt (SnapKV, ExpectedAttention), do it here. Nothing for other models.
+  virtual void end_prompt() {}
   /// An independent copy of this session (the model is shared).
   virtual std::unique_ptr<Session> fork() const = 0;
   /// Bytes of per-sequence state held now (KV caches, memories, inner weights).
   virtual std::size_t state_bytes() const = 0;
+  /// Fraction of the tokens read so far that the KV caches hold (mean over layers): 1 for a full
+  /// cache and for models whose state is not a cache of tokens (RMT memory, TTT weights).
+  virtual double cache_kept() const { return 1.0; }
 };
 
 /// A model the harness can score.
@@ -85,12 +91,14 @@ class DecoderReader final : public Reader {
         i += n;
       }
     }
+    void end_prompt() override { state_.end_prompt(); }
     std::unique_ptr<Session> fork() const override {
       auto s = std::make_unique<DecoderSession>(r_, state_.copy());
       s->last_ = last_.copy();
       return s;
     }
     std::size_t state_bytes() const override { return state_.bytes(); }
+    double cache_kept() const override { return state_.cache_kept(); }
     const typename Decoder<T>::State& state() const { return state_; }
 
    private:

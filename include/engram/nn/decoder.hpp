@@ -6,6 +6,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engram/core/finite.hpp"
@@ -103,10 +104,23 @@ class Decoder {
     /// The KV caches of the attention layers, in order.
     std::vector<LayerCache<T>*> caches() {
       std::vector<LayerCache<T>*> c;
-      for (auto& block : layers_)
-        for (auto& s : block)
+      for (const LayerCache<T>* p : std::as_const(*this).caches()) c.push_back(const_cast<LayerCache<T>*>(p));  // *this is not const
+      return c;
+    }
+    std::vector<const LayerCache<T>*> caches() const {
+      std::vector<const LayerCache<T>*> c;
+      for (const auto& block : layers_)
+        for (const auto& s : block)
           if (s && s->kv_cache()) c.push_back(s->kv_cache());
       return c;
+    }
+    /// Fraction of the tokens read that the KV caches hold (tokens per KV head, mean over every
+    /// head of every attention layer, over the position); 1 before any token and without caches.
+    double cache_kept() const {
+      Index kept = 0, heads = 0;
+      for (const LayerCache<T>* c : caches()) kept += c->total_tokens(), heads += c->n_heads();
+      if (heads == 0 || position_ == 0) return 1.0;
+      return double(kept) / double(heads) / double(position_);
     }
     /// State of branch `branch` of block `block` (null for stateless layers).
     LayerState<T>* layer_state(Index block, Index branch) { return layers_.at(std::size_t(block)).at(std::size_t(branch)).get(); }
