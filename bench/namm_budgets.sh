@@ -3,6 +3,7 @@
 # engram-train on a memory task reads held-out samples (engram-eval's eval_seed stream, never seen by
 # training or by the NAMM fitness) with each policy at 25%, 50% and 75% of the cache, and with the
 # full cache; every policy holds the same number of tokens per KV head when the question is answered.
+# Inputs are read token by token (READ_CHUNK=1), so the per-step policies decide after every token.
 # Writes bench/results/namm_budgets/{table.md,accuracy.svg,*.csv} (namm_budgets.py tabulates).
 #
 #   HOST=tests/fixtures/namm_host NAMM=runs/namm/evolved.safetensors bash bench/namm_budgets.sh
@@ -20,6 +21,7 @@ TASK=${TASK:-fact_detection}
 LENGTH=${LENGTH:-1024}
 SAMPLES=${SAMPLES:-300}
 THREADS=${THREADS:-2}
+READ_CHUNK=${READ_CHUNK:-1}  # token by token, as the baselines' papers evict (NAMM steps at its n_up anyway)
 BUDGETS=${BUDGETS:-"0.25 0.5 0.75"}
 POLICIES=${POLICIES:-"namm h2o knorm streaming snapkv tova expected_attention keydiff recency"}
 
@@ -29,7 +31,7 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
 fi
 EVAL=$BUILD/examples/engram-eval
 mkdir -p "$OUT"
-common=(--model "$HOST" --task "$TASK" --lengths "$LENGTH" --samples "$SAMPLES" -t "$THREADS")
+common=(--model "$HOST" --task "$TASK" --lengths "$LENGTH" --samples "$SAMPLES" --read-chunk "$READ_CHUNK" -t "$THREADS")
 
 cell() {  # name, extra args...
   local name=$1

@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
   std::string model_dir, policy = "none", budget = "", namm_weights, task = "all", lengths_text = "1024", background, corpus = "kjv", out;
   Index samples = 100, segment_size = 0, context = 2048, windows = 16, bucket = 256;
   double held_out = 0.02;
-  Index decode_steps = 64;
+  Index decode_steps = 64, read_chunk = 512;
   bool bpb = false, no_tasks = false, cost = false;
   return cli::run(
       argc, argv,
@@ -72,6 +72,10 @@ int main(int argc, char** argv) {
         app.add_option("--policy", policy, "KV-cache policy reading the inputs")->check(CLI::IsMember(std::vector<std::string>(std::begin(eval::kPolicyNames), std::end(eval::kPolicyNames))));
         app.add_option("--budget", budget, "cache budget of the policy: tokens (e.g. 512) or a ratio of the input (e.g. 0.25)");
         app.add_option("--namm-weights", namm_weights, "NAMM weights (policy namm)")->check(cli::regular_file());
+        app.add_option("--read-chunk", read_chunk, "tokens per model step while reading: a policy that evicts after every step (H2O, "
+                                                   "TOVA, KNorm, StreamingLLM, KeyDiff, Recency) decides once per step; 1 reads token by "
+                                                   "token, as those papers do (NAMM steps at its n_up whatever this is)")
+            ->check(CLI::Range(Index(1), Index(1) << 24));
         app.add_option("--task", task, "memory task to score")->check(CLI::IsMember({"all", "fact_memorization", "fact_detection", "reasoning"}));
         app.add_option("--lengths", lengths_text, "comma-separated sample lengths in tokens, e.g. 1024,4096,16384");
         app.add_option("--samples", samples, "held-out samples per task and length")->check(CLI::Range(Index(1), Index(1) << 24));
@@ -95,7 +99,7 @@ int main(int argc, char** argv) {
         if (!namm_weights.empty()) weights = std::make_unique<namm::NammWeights<float>>(namm::load_namm<float>(namm_weights));
         std::unique_ptr<CachePolicy<float>> cache_policy;
         if (policy != "none") cache_policy = eval::make_policy<float>(policy, parse_budget(budget), weights.get());
-        eval::DecoderReader<float> reader(model, cache_policy.get());
+        eval::DecoderReader<float> reader(model, cache_policy.get(), "", read_chunk);
         // A model with its own tokenizer reads the tasks' text in its tokens (words); a byte-level one in bytes.
         std::string why;
         const std::optional<examples::TextCodec> codec = examples::TextCodec::for_model(model_dir, model.config.vocab_size, why);
