@@ -319,17 +319,6 @@ class FailingSource final : public train::BatchSource {
   bool throw_;
 };
 
-// Runs f on every rank; returns the Error message it ended with ("" when none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 }  // namespace
 
 TEST_CASE("mpi: a rank that fails ends the step with the same clear error on every rank", "[mpi][failure]") {
@@ -337,7 +326,7 @@ TEST_CASE("mpi: a rank that fails ends the step with the same clear error on eve
   const int last = world().size() - 1;
   const std::string who = "rank " + std::to_string(last) + " of " + std::to_string(world().size()) + " failed: ";
   auto train_with = [&](const train::BatchSource& source) {
-    return error_of([&] {
+    return test::error_of([&] {
       auto m = tiny_model();
       train::Trainer<float> t(m, source, options(6, 0, &world()));
       t.run();
@@ -345,7 +334,7 @@ TEST_CASE("mpi: a rank that fails ends the step with the same clear error on eve
   };
   const std::string thrown = train_with(FailingSource(windows, 2, true));
   const std::string bad_token = train_with(FailingSource(windows, 3, false));
-  const std::string fitness_failed = error_of([&] {
+  const std::string fitness_failed = test::error_of([&] {
     train::evaluate_across_ranks(&world(), 5, 1, [&](Index i, double* out) {
       check(i != last, "fitness", "injected failure of candidate ", i);  // the last rank's first candidate
       out[0] = double(i);
@@ -355,7 +344,7 @@ TEST_CASE("mpi: a rank that fails ends the step with the same clear error on eve
   std::string diverged;
   if (world().size() > 1) {
     SharedDir dir;
-    diverged = error_of([&] {
+    diverged = test::error_of([&] {
       auto m = tiny_model();
       auto o = options(6, 0, &world());
       o.out_dir = dir.path();
