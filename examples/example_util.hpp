@@ -93,11 +93,9 @@ inline double full_cache_bytes(const ModelConfig& c, Index tokens) {
 
 /// One line on what a cache policy kept after `state` read its tokens: tokens per KV head against
 /// the tokens seen, and the state's bytes against a full cache's.
-inline std::string cache_summary(const ModelConfig& c, Decoder<float>::State& state) {
-  Index kept = 0, heads = 0;
-  for (const LayerCache<float>* cache : state.caches()) kept += cache->total_tokens(), heads += cache->n_heads();
+inline std::string cache_summary(const ModelConfig& c, const Decoder<float>::State& state) {
   const Index seen = state.position();
-  const double mean_kept = heads > 0 ? double(kept) / double(heads) : 0.0, full = full_cache_bytes(c, seen);
+  const double mean_kept = state.cache_kept() * double(seen), full = full_cache_bytes(c, seen);
   const auto size = [](double bytes) {
     char s[32];
     std::snprintf(s, sizeof s, bytes < (1 << 20) ? "%.1f KiB" : "%.2f MiB", bytes < (1 << 20) ? bytes / 1024 : bytes / (1 << 20));

@@ -74,7 +74,7 @@ std::vector<Row> read_rows(const std::string& path) {
 void write_charts(const std::string& csv_path, const std::vector<Row>& rows, double full_accuracy) {
   const std::string stem = csv_path.size() > 4 && csv_path.ends_with(".csv") ? csv_path.substr(0, csv_path.size() - 4) : csv_path;
   svg::Series best{"best member", svg::palette(0), true, {}}, mean{"population mean", svg::palette(0), false, {}};
-  svg::Series held{"CMA-ES mean, held-out samples", svg::palette(1), false, {}}, full{"full cache, held-out samples", "#7f7f7f", true, {}};
+  svg::Series held{"CMA-ES mean, held-out samples", svg::palette(1), false, {}}, full{"full cache, held-out samples of every stage's tasks", "#7f7f7f", true, {}};
   svg::Series kept{"cache kept, population mean", svg::palette(2), false, {}};
   for (const Row& r : rows) {
     best.points.push_back({double(r.generation), r.best});

@@ -33,7 +33,6 @@ struct TaskScore {
   double answer_log_prob = 0;     ///< mean log p(correct answer bytes) (nats)
   double seconds = 0;             ///< wall time of the whole evaluation
   std::size_t peak_state_bytes = 0;  ///< largest per-sequence state seen (after reading a sample)
-  double mean_state_bytes = 0;    ///< per-sequence state after reading a sample, averaged over samples
   double mean_cache_kept = 1;     ///< Session::cache_kept() after reading a sample, averaged over samples
   double mean_tokens = 0;         ///< tokens read per sample (= the length in bytes for byte tokens)
   std::vector<int> predictions;   ///< predicted class per sample
@@ -146,7 +145,6 @@ inline TaskScore score_task(const Reader& reader, const tasks::Corpus& corpus, c
     score.correct += score.predictions[std::size_t(i)] == truth[std::size_t(i)];
     score.answer_log_prob += answer_lp[std::size_t(i)] / double(o.samples);
     score.peak_state_bytes = std::max(score.peak_state_bytes, bytes[std::size_t(i)]);
-    score.mean_state_bytes += double(bytes[std::size_t(i)]) / double(o.samples);
     mean_kept += kept[std::size_t(i)] / double(o.samples);
     score.mean_tokens += double(read[std::size_t(i)]) / double(o.samples);
   }

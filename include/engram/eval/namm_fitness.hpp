@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <span>
-#include <string>
 #include <vector>
 
 #include "engram/eval/memory_tasks.hpp"
@@ -114,6 +113,7 @@ class NammFitness {
     const namm::NammPolicy<T> policy(namm::BamScorer<T>(theta), stats_, config_);
     const DecoderReader<T> reader(host_, &policy);
     Value v;
+    v.cache_kept = 0;
     for (std::size_t t = 0; t < o_.tasks.size(); ++t) {
       const TaskScore s = score_task(reader, corpus_, o_.tasks[t], options(Index(t), false));
       const TaskScore& full = reference_[t];
@@ -123,7 +123,7 @@ class NammFitness {
                                                         : s.accuracy / std::max(full.accuracy, 1.0 / double(o_.samples))) / n;
       v.accuracy += s.accuracy / n;
       v.answer_log_prob += s.answer_log_prob / n;
-      v.cache_kept += (s.mean_cache_kept - 1.0) / n;
+      v.cache_kept += s.mean_cache_kept / n;
     }
     return v;
   }

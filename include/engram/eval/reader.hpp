@@ -31,8 +31,9 @@ class Session {
   virtual std::unique_ptr<Session> fork() const = 0;
   /// Bytes of per-sequence state held now (KV caches, memories, inner weights).
   virtual std::size_t state_bytes() const = 0;
-  /// Fraction of the tokens read so far that the KV caches hold (mean over layers): 1 for a full
-  /// cache and for models whose state is not a cache of tokens (RMT memory, TTT weights).
+  /// Fraction of the tokens read so far that the KV caches hold (Decoder::State::cache_kept: tokens
+  /// per KV head over the position): 1 for a full cache and for models whose state is not a cache
+  /// of tokens (RMT memory, TTT weights).
   virtual double cache_kept() const { return 1.0; }
 };
 
