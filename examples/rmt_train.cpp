@@ -105,6 +105,9 @@ int run_training(W& model, const Options& o, const tasks::Corpus& corpus, exampl
     eo.samples = o.eval_samples, eo.first_sample = 1'000'000;
     return eval::score_task(reader, corpus, t, eo).accuracy;
   };
+  // --init: the weights of an earlier run (a curriculum continued to longer stages); the shapes must
+  // match this command line's model (load_parameters names the first parameter that differs).
+  if (!o.init.empty()) load_parameters(model, o.init);
   rmt::CurriculumTrainer<W> trainer(model, corpus, c, held_out);
   Index params = 0;
   model.visit_parameters([&](const std::string&, Tensor<float>& t) { params += t.numel(); });
@@ -115,6 +118,7 @@ int run_training(W& model, const Options& o, const tasks::Corpus& corpus, exampl
       std::printf("data-parallel over %s: micro-batch j on rank j %% %d, gradients summed, held-out accuracy on rank 0\n",
                   ranks.describe().c_str(), ranks.size());
   }
+  if (ranks.root() && !o.init.empty()) std::printf("weights from %s\n", o.init.c_str());
   std::fflush(stdout);
   trainer.run([&](const rmt::CurriculumProgress& p) {
     if (!ranks.root()) return;
