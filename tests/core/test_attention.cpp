@@ -54,7 +54,7 @@ class RecordingSink : public ProbabilitySink<T> {
 };
 
 template <class T>
-void run_case(const Case& c, std::uint64_t seed, bool with_sink) {
+void run_case(const Case& c, std::uint64_t seed, bool with_sink, Index strip_limit = AttentionInput<T>{}.sink_strip_limit) {
   auto p = make_problem<T>(c, seed);
   auto in = p.forward_input();
   in.n_heads = c.n_heads;
@@ -64,7 +64,7 @@ void run_case(const Case& c, std::uint64_t seed, bool with_sink) {
   if (c.mask == MaskKind::custom) in.custom_mask = p.mask.view();
   const Index phase = Index(seed % kSinkRows);  // exercise unaligned starts too
   RecordingSink<T> sink(c, phase);
-  if (with_sink) in.sink = &sink, in.sink_phase = phase;
+  if (with_sink) in.sink = &sink, in.sink_phase = phase, in.sink_strip_limit = strip_limit;
   const auto ref = reference(p, false);
   attention<T>(in);
   INFO("tq=" << c.tq << " heads=" << c.n_heads << "/" << c.n_kv << " d=" << c.d << " tk0=" << c.tk[0]
@@ -112,6 +112,33 @@ TEMPLATE_TEST_CASE("fused attention equals the materialised reference", "[attent
 TEMPLATE_TEST_CASE("the probability sink receives the exact group-averaged softmax", "[attention][sink]", float, double) {
   std::uint64_t seed = 100;
   for (const Case& c : cases()) run_case<TestType>(c, seed++, true);
+}
+
+TEMPLATE_TEST_CASE("the sink without a probability strip (over its memory limit) recomputes the same probabilities",
+                   "[attention][sink]", float, double) {
+  std::uint64_t seed = 100;
+  for (const Case& c : cases()) run_case<TestType>(c, seed++, true, /*strip_limit=*/0);
+}
+
+TEST_CASE("sink_score_passes: one pass with a probability strip, two past its limit", "[attention][sink]") {
+  Tensor<float> q({20, 4 * 16}), k({100, 16}), v({100, 16}), out({20, 4 * 16});
+  const std::vector<ConstView<float>> ks = {k.view(), k.view()}, vs = {v.view(), v.view()};
+  RecordingSink<float> sink(Case{20, 4, 2, 16, {100, 100}}, 0);
+  AttentionInput<float> in;
+  in.q = q.view(), in.k = ks, in.v = vs, in.out = out.view(), in.n_heads = 4, in.head_dim = 16;
+  CHECK(sink_score_passes(in) == 1);  // no sink
+  in.sink = &sink;
+  CHECK(sink_score_passes(in) == 1);
+  // The strip: 2 heads per group x 16 queries x 128 keys (100 rounded up to whole key blocks of 32
+  // or 64), in floats.
+  in.sink_strip_limit = Index(sizeof(float)) * 2 * 16 * 128;
+  CHECK(sink_score_passes(in) == 1);
+  in.sink_strip_limit -= 1;
+  CHECK(sink_score_passes(in) == 2);
+  in.sink_strip_limit = 0;
+  CHECK(sink_score_passes(in) == 2);
+  in.sink_strip_limit = -1;
+  CHECK_THROWS_AS(attention<float>(in), Error);
 }
 
 TEST_CASE("attention on strided views and in place", "[attention]") {

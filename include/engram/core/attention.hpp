@@ -68,8 +68,13 @@ struct AttentionInput {
   MaskKind mask = MaskKind::causal;
   Index offset = -1;                      ///< index of query 0 among the keys; -1: Tk_h - Tq (causal), 0 otherwise
   ConstView<std::uint8_t> custom_mask;    ///< [Tq, Tk] for MaskKind::custom
-  ProbabilitySink<T>* sink = nullptr;     ///< optional: recomputes Q K^T once more (+50% FLOPs), no extra memory
+  ProbabilitySink<T>* sink = nullptr;     ///< optional: receives the group-averaged probabilities (see sink_strip_limit)
   Index sink_phase = 0;                   ///< (caller's index of query 0) mod kSinkRows: aligns the sink blocks
+  /// With a sink, each block of kSinkRows queries keeps its group's probability tiles (a strip of
+  /// group x kSinkRows x keys values per thread, 1 MiB for 16 queries x 4 heads x 4096 keys) and
+  /// normalises them at the end: the sink costs a copy, not a second Q K^T. A strip larger than this
+  /// many bytes recomputes the scores instead (+50% FLOPs, no extra memory).
+  Index sink_strip_limit = Index(64) << 20;
   /// Optional [Tq, n_heads]: per query row and head, the natural-log log-sum-exp of the scaled,
   /// masked scores (m + log l of the online softmax), what attention_backward() needs; -inf for a
   /// row that sees no key, NaN for a row whose scores are NaN.
@@ -287,30 +292,45 @@ void apply_mask(T* s, Index bc, Visible vis, const std::uint8_t* custom_row) {
       if (!custom_row[j]) s[j] = neg_inf;
 }
 
-// One online-softmax step of a query row over a key block: s[0, bc) holds masked scores; on return
-// it holds exp(s - m_new) (0 where masked); m, l and the output row o are rescaled. NaN scores make
-// m and l NaN (they stay NaN through later blocks), so the row's output is NaN, never zeros.
+// One online-softmax step of n query rows over a key block: row r of s (stride lds) holds masked
+// scores, its visible keys vis[r]; on return it holds exp(s - m_new) (0 where masked); m, l and the
+// output rows o [n, d_pad] are rescaled. The rescaling factors exp(m - m_new) of all rows are one
+// vector pass (a scalar exp per row and block cost 4% of a long prefill). NaN scores make m and l
+// NaN (they stay NaN through later blocks), so the row's output is NaN, never zeros.
 template <class T>
-void online_softmax_step(T* s, Index bc, Visible vis, T& m, T& l, T* o, Index d_pad) {
-  const T block_max = simd::max(s + vis.lo, vis.hi - vis.lo);
-  if (!(block_max > -std::numeric_limits<T>::infinity())) {
-    // No finite maximum: every entry masked (-inf), or NaN scores (max may drop NaN, so look).
-    for (Index j = vis.lo; j < vis.hi; ++j)
-      if (std::isnan(s[j])) {
-        m = l = std::numeric_limits<T>::quiet_NaN();
-        break;
-      }
-    std::fill(s, s + bc, T(0));
-    return;
+void online_softmax_rows(T* s, Index lds, Index n, Index bc, const Visible* vis, T* m, T* l, T* o, Index d_pad) {
+  T* m_new = thread_scratch<ScratchTag, 5, T>(n);
+  T* alpha = thread_scratch<ScratchTag, 6, T>(n);
+  std::uint8_t* live = thread_scratch<ScratchTag, 6, std::uint8_t>(n);
+  for (Index r = 0; r < n; ++r) {
+    T* row = s + r * lds;
+    const T block_max = simd::max(row + vis[r].lo, vis[r].hi - vis[r].lo);
+    if (!(block_max > -std::numeric_limits<T>::infinity())) {
+      // No finite maximum: every entry masked (-inf), or NaN scores (max may drop NaN, so look).
+      for (Index j = vis[r].lo; j < vis[r].hi; ++j)
+        if (std::isnan(row[j])) {
+          m[r] = l[r] = std::numeric_limits<T>::quiet_NaN();
+          break;
+        }
+      std::fill(row, row + bc, T(0));
+      live[r] = 0, alpha[r] = T(0);
+      continue;
+    }
+    live[r] = 1;
+    m_new[r] = std::max(m[r], block_max);
+    alpha[r] = m[r] - m_new[r];  // -inf on the first visible block (m = -inf): alpha 0
   }
-  const T m_new = std::max(m, block_max);
-  const T alpha = std::exp(m - m_new);  // 0 on the first visible block (m = -inf)
-  const T block_sum = exp_shifted(s + vis.lo, vis.hi - vis.lo, m_new);
-  std::fill(s, s + vis.lo, T(0));
-  std::fill(s + vis.hi, s + bc, T(0));
-  l = l * alpha + block_sum;
-  if (alpha != T(1)) simd::scale(alpha, o, d_pad);
-  m = m_new;
+  exp_shifted(alpha, n, T(0));
+  for (Index r = 0; r < n; ++r) {
+    T* row = s + r * lds;
+    if (!live[r]) continue;  // no finite maximum: zeros (filled above)
+    const T block_sum = exp_shifted(row + vis[r].lo, vis[r].hi - vis[r].lo, m_new[r]);
+    std::fill(row, row + vis[r].lo, T(0));
+    std::fill(row + vis[r].hi, row + bc, T(0));
+    l[r] = l[r] * alpha[r] + block_sum;
+    if (alpha[r] != T(1)) simd::scale(alpha[r], o + r * d_pad, d_pad);
+    m[r] = m_new[r];
+  }
 }
 
 
@@ -384,10 +404,36 @@ const std::uint8_t* custom_row(const Plan<T>& plan, Index qi, Index j0) {
   return plan.in.mask == MaskKind::custom ? plan.in.custom_mask.row(qi) + j0 : nullptr;
 }
 
-// Online-softmax attention of a set of query rows against one KV head. When `m_out`/`l_out` are
-// given, the final row maxima and normalisers are stored there (the sink's second pass needs them).
+// The probability tiles of a flash task kept for the sink: row r's key block b (keys
+// j_first + b*KB ..) holds exp(s - m_block) (zeros where masked) at p[r * ld + b*KB ..], and the
+// running maximum it was taken against at m_block[r * n_blocks + b]; with the final m and l of the
+// row, p * exp(m_block - m) / l is the exact softmax, without computing Q K^T again.
 template <class T>
-void flash_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, RowSet rows, T* m_out = nullptr, T* l_out = nullptr) {
+struct ProbabilityStrip {
+  T* p;
+  Index ld;
+  Index j_first;
+  T* m_block;
+  Index n_blocks;
+};
+
+// Copies the tile s [n, bc] (row stride kKeyBlock) of the key block at j0, and the maxima m it was
+// taken against, into the strip.
+template <class T>
+void keep_tile(const ProbabilityStrip<T>& strip, Index j0, const T* s, Index n, Index bc, const T* m) {
+  const Index b = (j0 - strip.j_first) / kKeyBlock<T>;
+  for (Index r = 0; r < n; ++r) {
+    std::copy_n(s + r * kKeyBlock<T>, bc, strip.p + r * strip.ld + b * kKeyBlock<T>);
+    strip.m_block[r * strip.n_blocks + b] = m[r];
+  }
+}
+
+// Online-softmax attention of a set of query rows against one KV head. When `m_out`/`l_out` are
+// given, the final row maxima and normalisers are stored there (the sink needs them); with a strip,
+// every block's probability tile is kept there as well.
+template <class T>
+void flash_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, RowSet rows, T* m_out = nullptr, T* l_out = nullptr,
+                const ProbabilityStrip<T>* strip = nullptr) {
   constexpr Index KB = kKeyBlock<T>;
   const Index n = rows.n, d_pad = plan.d_pad;
   T* qs = thread_scratch<ScratchTag, 0, T>(n * d_pad);
@@ -395,6 +441,7 @@ void flash_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, RowS
   T* s = thread_scratch<ScratchTag, 2, T>(n * KB);
   T* m = thread_scratch<ScratchTag, 3, T>(n);
   T* l = thread_scratch<ScratchTag, 4, T>(n);
+  Visible* vis = thread_scratch<ScratchTag, 0, Visible>(n);
   gather_queries(plan, rows, qs, d_pad);
   std::fill(o, o + n * d_pad, T(0));
   std::fill(m, m + n, -std::numeric_limits<T>::infinity());
@@ -408,13 +455,20 @@ void flash_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, RowS
     // Keys [a, b) of this block are the ones some row sees: the first and last blocks of a range
     // (the causal diagonal, the far edge of a window) compute and accumulate only those.
     const Index a = std::max<Index>(first - j0, 0), b = std::min(bc, last - j0);
-    if (a >= b) continue;
+    if (a >= b) {
+      if (strip) {
+        std::fill_n(s, n * KB, T(0));
+        keep_tile(*strip, j0, s, n, bc, m);
+      }
+      continue;
+    }
     block_scores(plan, kv, qs, d_pad, n, j0, a, b, s, KB);
     for (Index r = 0; r < n; ++r) {
-      const Visible vis = plan.visible(kv_head, rows.qi[r], j0, bc);
-      apply_mask(s + r * KB, bc, vis, custom_row(plan, rows.qi[r], j0));
-      online_softmax_step(s + r * KB, bc, vis, m[r], l[r], o + r * d_pad, d_pad);
+      vis[r] = plan.visible(kv_head, rows.qi[r], j0, bc);
+      apply_mask(s + r * KB, bc, vis[r], custom_row(plan, rows.qi[r], j0));
     }
+    online_softmax_rows(s, KB, n, bc, vis, m, l, o, d_pad);
+    if (strip) keep_tile(*strip, j0, s, n, bc, m);
     rank_update<T, false>(s + a, KB, n, b - a, kv.v.row(j0 + a), kv.v.stride(), o, d_pad, d_pad);  // O += P V
   }
   for (Index r = 0; r < n; ++r) {
@@ -429,12 +483,11 @@ void flash_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, RowS
   if (l_out) std::copy_n(l, n, l_out);
 }
 
-// Attention of queries [q0, q1) for every query head of one KV head, then the exact probabilities
-// for the sink: pass 1 is the flash algorithm per head (outputs, row maxima m and normalisers l);
-// pass 2 recomputes each score tile, normalises it with the final m and l, averages it over the
-// group and hands it over. Memory stays O(rows x block); the cost is one more Q K^T.
+// sink_task without the strip: pass 1 is the flash algorithm per head (outputs, row maxima m and
+// normalisers l); pass 2 recomputes each score tile, normalises it with the final m and l, averages
+// it over the group and hands it over. Memory stays O(rows x block); the cost is one more Q K^T.
 template <class T>
-void sink_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, Index q0, Index q1) {
+void sink_task_recompute(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, Index q0, Index q1) {
   constexpr Index KB = kKeyBlock<T>;
   const Index n = q1 - q0, d_pad = plan.d_pad, G = plan.group;
   T* m = thread_scratch<ScratchTag, 7, T>(G * kSinkRows);
@@ -470,6 +523,57 @@ void sink_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, Index
   plan.in.sink->rows_done(kv_head, q0, n);
 }
 
+// Attention of queries [q0, q1) for every query head of one KV head, then the exact probabilities
+// for the sink, averaged over the group. The group's rows (G heads x n queries, row g * n + q) run as
+// flash tasks of up to kQueryBlock rows that keep their probability tiles in a strip (one Q K^T and
+// one P V per row, like attention without a sink); each tile is then normalised with its row's final
+// m and l, averaged over the group and handed over. Over sink_strip_limit bytes, the recomputing
+// path below instead.
+template <class T>
+void sink_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, Index q0, Index q1) {
+  constexpr Index KB = kKeyBlock<T>;
+  const Index n = q1 - q0, G = plan.group, rows = G * n;
+  const auto [first, last] = plan.key_range(kv_head, q0, q1);
+  const Index j_first = first / KB * KB, n_blocks = last > j_first ? (last - j_first + KB - 1) / KB : 0;
+  const Index ld = n_blocks * KB;
+  if (Index(sizeof(T)) * rows * ld > plan.in.sink_strip_limit) return sink_task_recompute(plan, kv_head, kv, q0, q1);
+  T* m = thread_scratch<ScratchTag, 7, T>(rows);
+  T* l = thread_scratch<ScratchTag, 8, T>(rows);
+  T* avg = thread_scratch<ScratchTag, 11, T>(kSinkRows * KB);
+  const ProbabilityStrip<T> strip{thread_scratch<ScratchTag, 12, T>(rows * ld), ld, j_first,
+                                  thread_scratch<ScratchTag, 13, T>(rows * n_blocks), n_blocks};
+  Index* qi = thread_scratch<ScratchTag, 14, Index>(rows);
+  Index* qh = thread_scratch<ScratchTag, 15, Index>(rows);
+  for (Index g = 0; g < G; ++g)
+    for (Index r = 0; r < n; ++r) qi[g * n + r] = q0 + r, qh[g * n + r] = kv_head * G + g;
+  // Whole heads per task, as many as fit kQueryBlock rows (4 heads of 16 queries: one task).
+  const Index heads_per_task = std::max<Index>(kQueryBlock / std::max<Index>(n, 1), 1);
+  for (Index g0 = 0; g0 < G; g0 += heads_per_task) {
+    const Index r0 = g0 * n, nr = std::min(heads_per_task, G - g0) * n;
+    const ProbabilityStrip<T> part{strip.p + r0 * ld, ld, j_first, strip.m_block + r0 * n_blocks, n_blocks};
+    flash_task(plan, kv_head, kv, RowSet{qi + r0, qh + r0, nr}, m + r0, l + r0, &part);
+  }
+  // Per row: the factor that turns a block's exp(s - m_block) into probability / G.
+  T* factor = thread_scratch<ScratchTag, 16, T>(rows * std::max<Index>(n_blocks, 1));
+  const T inv_group = T(1) / T(G);
+  for (Index r = 0; r < rows; ++r)
+    for (Index b = 0; b < n_blocks; ++b)
+      factor[r * n_blocks + b] = l[r] == T(0) ? T(0) : std::exp(strip.m_block[r * n_blocks + b] - m[r]) * (inv_group / l[r]);
+  for (Index b = 0; b < n_blocks; ++b) {
+    const Index j0 = j_first + b * KB, bc = std::min(KB, kv.k.rows() - j0);
+    std::fill(avg, avg + n * KB, T(0));
+    for (Index g = 0; g < G; ++g)
+      for (Index q = 0; q < n; ++q) {
+        const Index r = g * n + q;
+        const Visible vis = plan.visible(kv_head, q0 + q, j0, bc);
+        if (l[r] == T(0) || vis.hi <= vis.lo) continue;  // a row that sees nothing has no probability (NaN stays NaN)
+        simd::axpy(factor[r * n_blocks + b], strip.p + r * ld + b * KB + vis.lo, avg + q * KB + vis.lo, vis.hi - vis.lo);
+      }
+    plan.in.sink->consume(kv_head, q0, j0, ConstView<T>(avg, n, bc, KB));
+  }
+  plan.in.sink->rows_done(kv_head, q0, n);
+}
+
 template <class T>
 void validate(const AttentionInput<T>& in) {
   constexpr const char* where = "attention";
@@ -498,6 +602,7 @@ void validate(const AttentionInput<T>& in) {
   for (Index h = 0; h < n_kv && in.offset >= 0; ++h)
     check(in.offset <= in.k[h].rows(), where, "offset ", in.offset, " is past the ", in.k[h].rows(), " keys of KV head ", h);
   check(in.window >= 0, where, "window must be >= 0 (0: no window), got ", in.window);
+  check(in.sink_strip_limit >= 0, where, "sink_strip_limit must be >= 0 bytes (0: always recompute), got ", in.sink_strip_limit);
   check(in.window == 0 || in.mask == MaskKind::causal, where, "a sliding window (", in.window,
         ") needs MaskKind::causal, got mask kind ", int(in.mask));
   if (in.lse.rows() != 0 || in.lse.cols() != 0) check_shape(in.lse, in.q.rows(), in.n_heads, where, "lse");
@@ -507,8 +612,8 @@ void validate(const AttentionInput<T>& in) {
 
 /// Multi-head attention softmax(scale * Q K^T + mask) V per head, fused: scores are produced in
 /// register tiles and consumed by an online softmax, so memory stays O(rows x block). With a sink,
-/// a second pass over each block of kSinkRows queries recomputes the score tiles and hands the
-/// exact probabilities over, averaged across each GQA group. Rows that see no key (by the mask)
+/// each block of kSinkRows queries keeps its probability tiles (AttentionInput::sink_strip_limit)
+/// and hands the exact probabilities over, averaged across each GQA group. Rows that see no key (by the mask)
 /// produce zeros; NaN scores produce a NaN row. With `lse` set, writes each row's log-sum-exp.
 template <class T>
 void attention(const AttentionInput<T>& in) {
@@ -561,6 +666,19 @@ void attention(const AttentionInput<T>& in) {
       flash_task(plan, h, kvs[std::size_t(h)], RowSet{qi.data(), heads.data(), Index(qi.size())});
     });
   }
+}
+
+/// How many times attention(in) computes each score Q K^T: 1, or 2 when a sink's probability strip
+/// (group x kSinkRows x keys values) exceeds AttentionInput::sink_strip_limit for the longest KV
+/// head and the sink recomputes them (what FLOP reports count).
+template <class T>
+int sink_score_passes(const AttentionInput<T>& in) {
+  if (!in.sink || in.k.empty()) return 1;
+  Index longest = 0;
+  for (const auto& k : in.k) longest = std::max(longest, k.rows());
+  const Index group = in.n_heads / Index(in.k.size()), rows = group * std::min(kSinkRows, in.q.rows());
+  const Index keys = (longest + attention_detail::kKeyBlock<T> - 1) / attention_detail::kKeyBlock<T> * attention_detail::kKeyBlock<T>;
+  return Index(sizeof(T)) * rows * keys > in.sink_strip_limit ? 2 : 1;
 }
 
 /// Number of (query, key) pairs attention() evaluates for one query head of `kv_head` (the mask and

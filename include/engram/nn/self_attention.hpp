@@ -96,8 +96,8 @@ class SelfAttention final : public SequenceLayer<T> {
       double pairs = 0;
       for (Index h = 0; h < n_kv_heads; ++h) pairs += visible_pairs(in, h);
       const double per_product = flops::attention_product(pairs * double(n_heads / n_kv_heads), head_dim);
-      // Streaming exact probabilities to a policy recomputes Q K^T once: count it.
-      ctx.flops->add(FlopCategory::attention_scores, in.sink ? 2 * per_product : per_product);
+      // Streaming exact probabilities to a policy recomputes Q K^T only past the strip limit.
+      ctx.flops->add(FlopCategory::attention_scores, sink_score_passes(in) * per_product);
       ctx.flops->add(FlopCategory::attention_values, per_product);
     }
     out.forward(attn, y, ctx.flops);

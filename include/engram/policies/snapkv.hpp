@@ -133,7 +133,7 @@ class SnapKVPolicy final : public detail::BudgetPolicy<T> {
       double pairs = 0;
       for (Index h = 0; h < c.n_heads(); ++h) pairs += visible_pairs(in, h);
       const double product = flops::attention_product(pairs * double(in.n_heads / c.n_heads()), d);
-      step.flops->add(FlopCategory::attention_scores, 2 * product);  // the sink recomputes Q K^T once
+      step.flops->add(FlopCategory::attention_scores, sink_score_passes(in) * product);
       step.flops->add(FlopCategory::attention_values, product);
     }
   }
