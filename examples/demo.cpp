@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "engram/eval/rmt_reader.hpp"
 #include "engram/rmt/armt_io.hpp"
 #include "engram/rmt/loader.hpp"
 #include "example_util.hpp"
@@ -67,17 +68,7 @@ void trained_rmt_answers(const W& model, Index length, int samples) {
       model.push(std::span<const std::int32_t>(chunk).first(std::size_t(n)), s);
     }
     const double read_s = since(t0);
-    int choice = -1;
-    double best = -INFINITY;
-    for (int c = 0; c < int(tasks::kAnswerClasses); ++c) {
-      auto fork = s.copy();
-      const auto cand = tasks::ByteTokenizer::encode(tasks::answer_bytes(c));
-      std::vector<double> lp(cand.size());
-      model.score(cand, fork, lp);
-      double total = 0;
-      for (double v : lp) total += v;
-      if (total > best) best = total, choice = c;
-    }
+    const int choice = eval::most_likely_answer(model, s);
     choices += choice == stream.info().answer;
     const auto answer = model.generate(s, 12, '\n');
     std::string text = tasks::ByteTokenizer::decode(answer, true);

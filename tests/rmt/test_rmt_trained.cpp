@@ -29,19 +29,9 @@ double accuracy(const W& model, tasks::Task task, Index length, Index samples, b
   for (Index i = 0; i < samples; ++i) {
     const tasks::Sample s = tasks::make_sample(corpus, t, eval::eval_seed(i));
     const Index tail = (length - 1) % model.segment_size() + 1;
-    double best = -INFINITY;
-    int pick = -1;
-    for (int c = 0; c < int(tasks::kAnswerClasses); ++c) {
-      auto st = model.make_state();
-      model.push(std::span<const std::int32_t>(s.tokens).last(std::size_t(tail)), st);
-      const auto cand = tasks::ByteTokenizer::encode(tasks::answer_bytes(c));
-      std::vector<double> lp(cand.size());
-      model.score(cand, st, lp);
-      double total = 0;
-      for (double v : lp) total += v;
-      if (total > best) best = total, pick = c;
-    }
-    correct += pick == s.info.answer;
+    auto st = model.make_state();
+    model.push(std::span<const std::int32_t>(s.tokens).last(std::size_t(tail)), st);
+    correct += eval::most_likely_answer(model, st) == s.info.answer;
   }
   return double(correct) / double(samples);
 }

@@ -3,11 +3,15 @@
 // the incomplete segment (the wrappers' score()), forking copies the sequence state.
 #pragma once
 
+#include <limits>
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "engram/eval/reader.hpp"
+#include "engram/tasks/answer.hpp"
+#include "engram/tasks/tokenizer.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
 namespace eval {
@@ -47,6 +51,25 @@ class MemoryReader final : public Reader {
   const W& model_;
   std::string name_;
 };
+
+/// The most likely of the memory tasks' answer classes (an index into tasks::kPlaces) after
+/// everything pushed into `s`: each candidate answer's log-likelihood summed on its own copy of the
+/// state (`s` is unchanged), the six-way choice score_task makes.
+template <class W>
+int most_likely_answer(const W& model, const typename W::State& s) {
+  int pick = -1;
+  double best = -std::numeric_limits<double>::infinity();
+  for (int c = 0; c < int(tasks::kAnswerClasses); ++c) {
+    auto fork = s.copy();
+    const auto candidate = tasks::ByteTokenizer::encode(tasks::answer_bytes(c));
+    std::vector<double> lp(candidate.size());
+    model.score(candidate, fork, lp);
+    double total = 0;
+    for (double v : lp) total += v;
+    if (pick < 0 || total > best) best = total, pick = c;
+  }
+  return pick;
+}
 
 }  // namespace eval
 ENGRAM_NAMESPACE_END
