@@ -553,12 +553,16 @@ void sink_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, Index
     const ProbabilityStrip<T> part{strip.p + r0 * ld, ld, j_first, strip.m_block + r0 * n_blocks, n_blocks};
     flash_task(plan, kv_head, kv, RowSet{qi + r0, qh + r0, nr}, m + r0, l + r0, &part);
   }
-  // Per row: the factor that turns a block's exp(s - m_block) into probability / G.
+  // Per row and block: the factor exp(m_block - m) / (G l) that turns the block's exp(s - m_block)
+  // into probability / G (the exps in one vector pass: a scalar one per row and block was 3% of a
+  // 4k-token layer's attention).
   T* factor = thread_scratch<ScratchTag, 16, T>(rows * std::max<Index>(n_blocks, 1));
   const T inv_group = T(1) / T(G);
   for (Index r = 0; r < rows; ++r)
-    for (Index b = 0; b < n_blocks; ++b)
-      factor[r * n_blocks + b] = l[r] == T(0) ? T(0) : std::exp(strip.m_block[r * n_blocks + b] - m[r]) * (inv_group / l[r]);
+    for (Index b = 0; b < n_blocks; ++b) factor[r * n_blocks + b] = strip.m_block[r * n_blocks + b] - m[r];
+  exp_shifted(factor, rows * n_blocks, T(0));
+  for (Index r = 0; r < rows; ++r)
+    simd::scale(l[r] == T(0) ? T(0) : inv_group / l[r], factor + r * n_blocks, n_blocks);
   for (Index b = 0; b < n_blocks; ++b) {
     const Index j0 = j_first + b * KB, bc = std::min(KB, kv.k.rows() - j0);
     std::fill(avg, avg + n * KB, T(0));
