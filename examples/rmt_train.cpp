@@ -47,7 +47,7 @@ struct Options {
   std::string task = "fact_memorization", kind = "rmt", arch = "gpt2", mask = "causal", out, background, init, stages = "1,2,4,6,8",
               stage_steps = "600";
   Index d_model = 64, layers = 2, heads = 4, d_ff = 0, segment = 128, memory = 4, d_mem = 16, batch = 16, micro_batch = 0, warmup = 50,
-        min_stage_steps = 100, select_segments = 0, eval_every = 100, eval_samples = 64, log_every = 10, checkpoint_every = 100, k2 = -1;
+        min_stage_steps = 100, select_segments = 0, eval_every = 100, eval_samples = 64, log_every = 10, checkpoint_every = 100, k2 = -1, burn_in = 0;
   double lr = 2e-3, min_lr = 2e-4, weight_decay = 0.01, clip = 1.0, clip_value = 0.0, advance = 0.98, init_std = 0.02;
   bool resume = false;
 };
@@ -89,6 +89,7 @@ int run_training(W& model, const Options& o, const tasks::Corpus& corpus, exampl
   c.lr = o.lr, c.min_lr = o.min_lr, c.warmup = o.warmup;
   c.adamw.weight_decay = o.weight_decay, c.adamw.clip_norm = o.clip, c.adamw.clip_value = o.clip_value, c.adamw.beta2 = 0.99;
   c.bptt.k2 = o.k2;
+  c.burn_in_segments = o.burn_in;
   c.log_every = o.log_every, c.eval_every = o.eval_every, c.checkpoint_every = o.checkpoint_every;
   c.out_dir = o.out, c.resume = o.resume, c.seed = cli::seed();
   c.collective = ranks.collective();
@@ -175,6 +176,10 @@ int main(int argc, char** argv) {
         app.add_option("--clip-value", o.clip_value, "clip every gradient entry to [-v, v] (0: off)")->check(cli::range(0.0, 1e6));
         app.add_option("--k2", o.k2, "truncated BPTT: backward through the last k2 segments only (-1: full BPTT)")
             ->check(CLI::Range(Index(-1), Index(1) << 20));
+        app.add_option("--burn-in", o.burn_in,
+                       "before each step's samples, D segments of background read without gradient, D log-uniform in [0, N] "
+                       "(trains writing a fact after a long read; 0: off)")
+            ->check(CLI::Range(Index(0), Index(1) << 20));
         app.add_option("--init-std", o.init_std, "standard deviation of the initial weights")->check(cli::range(1e-6, 1.0));
         app.add_option("--eval-samples", o.eval_samples, "held-out samples per evaluation")->check(CLI::Range(Index(1), Index(1) << 20));
         app.add_option("--eval-every", o.eval_every, "held-out accuracy every N steps of a stage")->check(CLI::Range(Index(1), Index(1) << 30));

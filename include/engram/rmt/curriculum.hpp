@@ -8,6 +8,7 @@
 // of a train::Collective.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -22,6 +23,8 @@
 #include "engram/core/parallel.hpp"
 #include "engram/io/svg.hpp"
 #include "engram/rmt/save.hpp"
+#include "engram/rmt/segments.hpp"
+#include "engram/tasks/corpus.hpp"
 #include "engram/train/checkpoint.hpp"
 #include "engram/train/data.hpp"
 #include "engram/train/data_parallel.hpp"
@@ -45,6 +48,14 @@ struct CurriculumOptions {
   /// Held-out length of the last stage's evaluations, in segments (0: the stage's own): selecting the
   /// best checkpoint on longer samples than trained favours memories that stay stable.
   Index final_eval_segments = 0;
+  /// Background burn-in (0: off): each step's samples are preceded by D whole segments of background
+  /// text, D drawn log-uniformly in [0, burn_in_segments] per step, which the memory reads without
+  /// gradient (truncated BPTT at the sample's own segments). The sample then starts from a memory
+  /// that has already read D segments, as a fact half-way into a long document does: an RMT trained
+  /// only on short documents writes a fact well after a few segments and badly after a thousand
+  /// (measured: 37/40 after 0 segments of background, 8/40 after 1024). Costs one forward of D
+  /// segments per sequence; the answer's loss and the facts stay in the sample.
+  Index burn_in_segments = 0;
   Index batch = 16;                 ///< sequences per optimizer step
   Index micro_batch = 0;            ///< sequences per forward/backward, run in parallel (0: batch / threads)
   double lr = 1e-3;                 ///< peak learning rate of every stage (warm-up, then decay within the stage)
@@ -72,6 +83,8 @@ struct CurriculumOptions {
                                        " segments, ", s.steps, " steps");
     check(min_stage_steps >= 0, where, "min_stage_steps must be >= 0");
     check(final_eval_segments >= 0, where, "final_eval_segments must be >= 0");
+    check(burn_in_segments >= 0 && burn_in_segments <= (Index(1) << 20), where, "burn_in_segments must be in [0, 2^20], got ",
+          burn_in_segments);
     check(batch >= 1 && micro_batch >= 0 && micro_batch <= batch, where, "batch must be >= 1 and micro_batch in [0, batch]");
     check(std::isfinite(advance_accuracy), where, "advance_accuracy must be finite");
     check(log_every >= 1 && eval_every >= 1 && checkpoint_every >= 1, where, "log_every, eval_every and checkpoint_every must be >= 1");
@@ -144,7 +157,19 @@ class CurriculumTrainer {
     return rng.between(std::min(lo, hi), hi);
   }
 
-  /// The batch of `step` of `stage`, micro-batch `micro` of n_seqs sequences.
+  /// Segments of background before the samples of `step` of `stage` (CurriculumOptions::
+  /// burn_in_segments): log-uniform in [0, burn_in_segments], so every depth scale is seen at the
+  /// cost of a mean of about burn_in / ln(burn_in) segments.
+  Index burn_in(Index stage, Index step) const {
+    const Index most = options_.burn_in_segments;
+    if (most == 0) return 0;
+    tasks::Rng rng(tasks::mix_seed(options_.seed ^ tasks::mix_seed(0xB0B1'0000ull + std::uint64_t(stage) * 1'000'003u + std::uint64_t(step))));
+    const double u = double(rng.between(0, (Index(1) << 30) - 1)) / double(Index(1) << 30);  // [0, 1)
+    return std::min(most, Index(std::floor(std::pow(double(most + 2), u))) - 1);
+  }
+
+  /// The batch of `step` of `stage`, micro-batch `micro` of n_seqs sequences: the task's samples
+  /// (answer included), each behind burn_in(stage, step) segments of its own background.
   TrainBatch batch(Index stage, Index step, Index micro, Index n_seqs) const {
     tasks::TaskOptions t;
     t.task = options_.task;
@@ -153,7 +178,25 @@ class CurriculumTrainer {
     const train::TaskSource src(corpus_, t, tasks::mix_seed(options_.seed + 0x5747'0000ull * std::uint64_t(stage + 1)));
     const train::Batch b = src.train_batch(step, micro, n_seqs);
     TrainBatch out;
-    out.tokens = b.tokens, out.labels = b.labels, out.n_seqs = b.n_seqs, out.length = b.seq_len;
+    out.n_seqs = b.n_seqs;
+    const Index prefix = burn_in(stage, step) * model_.segment_size(), n = b.seq_len;
+    if (prefix == 0) {
+      out.tokens = b.tokens, out.labels = b.labels, out.length = n;
+      return out;
+    }
+    // Whole segments in front keep the sample's own segment boundaries (left- or right-aligned).
+    out.length = prefix + n;
+    out.tokens.resize(std::size_t(b.n_seqs * out.length));
+    out.labels.assign(out.tokens.size(), train::kIgnore);
+    for (Index q = 0; q < b.n_seqs; ++q) {
+      tasks::BackgroundStream bg(corpus_, tasks::mix_seed(options_.seed ^ 0xB6B6'0000'0000ull ^
+                                                          tasks::mix_seed(std::uint64_t(stage) << 40 ^ std::uint64_t(step) << 16 ^
+                                                                          std::uint64_t(micro) << 8 ^ std::uint64_t(q))));
+      const std::size_t at = std::size_t(q * out.length);
+      for (Index i = 0; i < prefix; ++i) out.tokens[at + std::size_t(i)] = bg.next();
+      std::copy_n(b.tokens.begin() + q * n, n, out.tokens.begin() + std::ptrdiff_t(at) + prefix);
+      std::copy_n(b.labels.begin() + q * n, n, out.labels.begin() + std::ptrdiff_t(at) + prefix);
+    }
     return out;
   }
 
@@ -274,6 +317,12 @@ class CurriculumTrainer {
     std::vector<StepStats> stats(static_cast<std::size_t>(n_local));
     BpttOptions bo = options_.bptt;
     bo.accuracy = true;
+    if (const Index d = burn_in(stage_, stage_step_); d > 0) {
+      // No gradient into the burn-in: BPTT through the sample's own segments (or the user's k2 if shorter).
+      const Index s = model_.segment_size(), n = sample_length(stage_, stage_step_) + tasks::max_answer_bytes();
+      const Index own = Index(split(d * s + n, s, model_.config().alignment).size()) - d;
+      bo.k2 = bo.k2 == -1 ? own : std::min(bo.k2, own);
+    }
     train::all_or_none(c, [&] {
       parallel_for(0, n_local, [&](Index j) {
         micro_grads_[std::size_t(j)].zero();
