@@ -1,8 +1,13 @@
 // Decoder benchmarks: decode of a ~110M-parameter Llama-style model against the memory-bandwidth
-// bound (parameter bytes / triad bandwidth, measured here), prefill against the GEMM rate measured
-// here, and full attention's growth (prefill time, decode time per token, KV bytes) from 1k to 16k.
+// bound (parameter bytes / triad bandwidth, measured here), in every weight format at contexts 128
+// and 1024 on 1 and 2 threads (bound: the bytes that format reads per token, weights and KV cache,
+// at the triad bandwidth of as many threads), batched decode of 8 sequences against the same 8
+// decoded one after another, prefill against the GEMM rate measured here, and full
+// attention's growth (prefill time, decode time per token, KV bytes) from 1k to 16k.
 #include <chrono>
+#include <map>
 #include <memory>
+#include <string>
 
 #include "bench_util.hpp"
 #include "engram/nn/decoder.hpp"
@@ -50,6 +55,121 @@ double triad_bandwidth() {
     best = std::max(best, 3.0 * sizeof(float) * double(n) / s);
   }
   return best;
+}
+
+// The same triad split over `threads` threads (each a static share of the arrays).
+double triad_bandwidth(int threads) {
+  if (threads <= 1) return triad_bandwidth();
+  set_num_threads(threads);
+  constexpr Index n = Index(1) << 24;
+  static std::vector<float> a(std::size_t(n), 1.f), b(std::size_t(n), 2.f), c(std::size_t(n), 3.f);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = Clock::now();
+    parallel_for(0, threads, [&](Index t) {
+      const Index lo = n * t / threads, hi = n * (t + 1) / threads;
+      float* pa = a.data();
+      const float* pb = b.data();
+      const float* pc = c.data();
+      for (Index i = lo; i < hi; ++i) pa[i] = pb[i] + 0.5f * pc[i];
+    });
+    benchmark::DoNotOptimize(a.data());
+    const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
+    best = std::max(best, 3.0 * sizeof(float) * double(n) / sec);
+  }
+  return best;
+}
+
+// The 110M model with its Linears and head stored in `f` (the same random weights as model_110m()).
+const Decoder<float>& model_110m_as(WeightFormat f) {
+  if (f == WeightFormat::f32) return model_110m();
+  static std::map<WeightFormat, std::unique_ptr<Decoder<float>>> models;
+  auto& m = models[f];
+  if (!m) {
+    m = std::make_unique<Decoder<float>>(bench::random_llama(32000, 768, 12, 12, 12, 2048, 1));
+    m->compress_weights(f);
+  }
+  return *m;
+}
+
+// Bytes one decode step reads: the stored weights and the KV cache at the context (K and V rows).
+double decode_bytes(const Decoder<float>& m, Index context) {
+  const ModelConfig& c = m.config;
+  return double(m.streamed_weight_bytes()) + 2.0 * double(c.n_layers * c.n_kv_heads * c.head_dim) * double(context) * sizeof(float);
+}
+
+// Decode at a fixed context (range 0) on range(1) threads: the state is reset every 32 tokens.
+void decode_format(benchmark::State& state, WeightFormat f) {
+  const Index context = state.range(0);
+  const int threads = int(state.range(1));
+  set_num_threads(threads);
+  const auto& m = model_110m_as(f);
+  auto s = m.make_state();
+  m.prefill(tokens(context, m.config.vocab_size), s, {.chunk = 512});
+  const auto snapshot = s.copy();
+  Index steps = 0;
+  for (auto _ : state) {
+    if (++steps % 32 == 0) {
+      state.PauseTiming();
+      s = snapshot.copy();
+      state.ResumeTiming();
+    }
+    auto logits = m.decode(std::int32_t(steps % m.config.vocab_size), s);
+    benchmark::DoNotOptimize(logits.data());
+  }
+  const double bytes = decode_bytes(m, context);
+  state.counters["tok_per_s"] = benchmark::Counter(double(state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["GBps"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["weights_MB"] = double(m.streamed_weight_bytes()) * 1e-6;
+}
+
+// Its bound: those bytes at the triad bandwidth of the same thread count, measured now.
+void decode_format_bound(benchmark::State& state, WeightFormat f) {
+  const Index context = state.range(0);
+  const int threads = int(state.range(1));
+  const double bytes = decode_bytes(model_110m_as(f), context);
+  for (auto _ : state) {
+    const double bw = triad_bandwidth(threads);
+    state.SetIterationTime(bytes / bw);
+    state.counters["triad_GBps"] = bw * 1e-9;
+  }
+}
+
+// B sequences (range 0) at context 128, one thread: one batched step for all of them
+// (Decoder::decode_batch), against the baseline of the same B sequences decoded one after another.
+template <bool Batched>
+void decode_batch(benchmark::State& state, WeightFormat f) {
+  set_num_threads(1);
+  const Index B = state.range(0);
+  const auto& m = model_110m_as(f);
+  std::vector<Decoder<float>::State> snapshot;
+  for (Index b = 0; b < B; ++b) {
+    snapshot.push_back(m.make_state());
+    m.prefill(tokens(128 + b, m.config.vocab_size), snapshot.back(), {.chunk = 512});
+  }
+  std::vector<Decoder<float>::State> s;
+  for (const auto& x : snapshot) s.push_back(x.copy());
+  std::vector<Decoder<float>::State*> ptrs;
+  for (auto& x : s) ptrs.push_back(&x);
+  std::vector<std::int32_t> next(static_cast<std::size_t>(B), 5);
+  Index steps = 0;
+  for (auto _ : state) {
+    if (++steps % 32 == 0) {
+      state.PauseTiming();
+      for (Index b = 0; b < B; ++b) s[std::size_t(b)] = snapshot[std::size_t(b)].copy();
+      state.ResumeTiming();
+    }
+    if constexpr (Batched) {
+      auto logits = m.decode_batch(next, ptrs);
+      benchmark::DoNotOptimize(logits.data());
+    } else {
+      for (Index b = 0; b < B; ++b) {
+        auto logits = m.decode(next[std::size_t(b)], s[std::size_t(b)]);
+        benchmark::DoNotOptimize(logits.data());
+      }
+    }
+  }
+  state.counters["tok_per_s"] = benchmark::Counter(double(state.iterations() * B), benchmark::Counter::kIsRate);
 }
 
 void decode_engram(benchmark::State& state) {
@@ -160,6 +280,21 @@ int main(int argc, char** argv) {
   bench::register_fma_peak(1);
   benchmark::RegisterBenchmark("decode:engram/110M", decode_engram)->Unit(benchmark::kMillisecond)->Iterations(30);
   benchmark::RegisterBenchmark("decode:baseline/110M", decode_bound)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3);
+  for (WeightFormat f : {WeightFormat::f32, WeightFormat::bf16, WeightFormat::f16, WeightFormat::q8, WeightFormat::q4}) {
+    const std::string family = "decode_" + std::string(format_name(f));
+    for (Index context : {128, 1024})
+      for (Index threads : {1, 2}) {
+        benchmark::RegisterBenchmark((family + ":engram").c_str(), decode_format, f)
+            ->Args({context, threads})->Unit(benchmark::kMillisecond)->Iterations(64)->UseRealTime();
+        benchmark::RegisterBenchmark((family + ":baseline").c_str(), decode_format_bound, f)
+            ->Args({context, threads})->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3);
+      }
+  }
+  for (WeightFormat f : {WeightFormat::f32, WeightFormat::q8}) {
+    const std::string family = "batch_" + std::string(format_name(f));
+    benchmark::RegisterBenchmark((family + ":engram").c_str(), decode_batch<true>, f)->Arg(8)->Unit(benchmark::kMillisecond)->Iterations(32)->UseRealTime();
+    benchmark::RegisterBenchmark((family + ":baseline").c_str(), decode_batch<false>, f)->Arg(8)->Unit(benchmark::kMillisecond)->Iterations(8)->UseRealTime();
+  }
   benchmark::RegisterBenchmark("prefill:engram", prefill_engram)->Arg(2048)->Unit(benchmark::kMillisecond)->Iterations(2);
   benchmark::RegisterBenchmark("prefill:baseline", prefill_gemm_rate)->Arg(2048)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3);
   for (Index t : {1024, 2048, 4096, 8192, 16384}) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "example_util.hpp"
 #include "text_io.hpp"
 #include "engram/eval/memory_tasks.hpp"
 #include "engram/eval/perplexity.hpp"
@@ -58,7 +59,7 @@ Decoder<float> load_any_decoder(const std::filesystem::path& dir) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, policy = "none", budget = "", namm_weights, task = "all", lengths_text = "1024", background, corpus = "kjv", out;
+  std::string model_dir, policy = "none", budget = "", namm_weights, weight_format = "f32", task = "all", lengths_text = "1024", background, corpus = "kjv", out;
   Index samples = 100, segment_size = 0, context = 2048, windows = 16, bucket = 256;
   double held_out = 0.02;
   Index decode_steps = 64, read_chunk = 512;
@@ -92,9 +93,12 @@ int main(int argc, char** argv) {
                      "time per token of --decode-steps more tokens, and the state's bytes");
         app.add_option("--decode-steps", decode_steps, "tokens decoded one at a time after the prefill for --cost")->check(CLI::Range(Index(1), Index(1) << 20));
         app.add_option("--out", out, "prefix of the CSV and SVG files written (PREFIX_tasks.csv/.svg, PREFIX_bpb.csv/.svg, PREFIX_cost.csv)");
+        examples::add_weights_option(app, weight_format);
       },
       [&] {
-        const Decoder<float> model = load_any_decoder(model_dir);
+        Decoder<float> loaded = load_any_decoder(model_dir);
+        const std::string weights_line = examples::apply_weights(loaded, weight_format);
+        const Decoder<float>& model = loaded;
         std::unique_ptr<namm::NammWeights<float>> weights;
         if (!namm_weights.empty()) weights = std::make_unique<namm::NammWeights<float>>(namm::load_namm<float>(namm_weights));
         std::unique_ptr<CachePolicy<float>> cache_policy;
@@ -108,6 +112,7 @@ int main(int argc, char** argv) {
         if (!codec->is_bytes()) encode = [&codec](std::string_view text, bool special) { return codec->encode(text, special); };
         std::printf("engram-eval: %s (%lld parameters), %s, text as %s\n", model_dir.c_str(), (long long)model.n_params(), reader.describe().c_str(),
                     codec->is_bytes() ? "bytes" : (codec->name() + " tokens (task lengths are bytes of text)").c_str());
+        std::printf("%s\n", weights_line.c_str());
         if (!no_tasks) {
           const std::vector<Index> lengths = parse_lengths(lengths_text);
           const tasks::Corpus noise = background.empty() ? tasks::Corpus::fortunes() : tasks::Corpus::from_path(background);

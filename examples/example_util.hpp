@@ -33,6 +33,24 @@ inline Decoder<float> default_model(std::uint64_t seed = 1) {
 /// The model of --model DIR, or the default one.
 inline Decoder<float> load_or_default(const std::string& dir) { return dir.empty() ? default_model() : hf::load_decoder<float>(dir); }
 
+/// --weights: how the model's Linears are stored for inference (Decoder::compress_weights).
+inline CLI::Option* add_weights_option(CLI::App& app, std::string& weights) {
+  return app
+      .add_option("--weights", weights,
+                  "storage of the projections and LM head: f32 (as loaded), bf16, f16, q8 (blocks of 32 int8 + f16 scale) or q4 "
+                  "(blocks of 32 4-bit + f16 scale); products accumulate in fp32")
+      ->check(CLI::IsMember({"f32", "bf16", "f16", "q8", "q4"}));
+}
+
+/// Applies --weights to a loaded model; returns a line for the report ("weights q8: 12.3 MB per token").
+inline std::string apply_weights(Decoder<float>& model, const std::string& weights) {
+  model.compress_weights(parse_weight_format(weights.empty() ? "f32" : weights));
+  char line[128];
+  std::snprintf(line, sizeof line, "weights %s: %.2f MB streamed per decoded token", std::string(format_name(model.weight_format())).c_str(),
+                double(model.streamed_weight_bytes()) / 1e6);
+  return line;
+}
+
 /// A bAbI-style long document (a qa1 fact hidden in background text, the question at the end) of
 /// `length` byte tokens; background from `corpus_path` or Debian's fortunes. With `length_option`
 /// (e.g. "--length"), a length the task cannot use is a cli::UsageError naming that option.

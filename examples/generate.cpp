@@ -15,7 +15,7 @@
 using namespace engram;
 
 int main(int argc, char** argv) {
-  std::string model_dir, tokens_arg, prompt, prompt_file, policy_name = "none", budget_text, namm_weights;
+  std::string model_dir, tokens_arg, prompt, prompt_file, policy_name = "none", budget_text, namm_weights, weights = "f32";
   Index n_new = 16;
   SamplerOptions sampling;
   CLI::Option *tokens_opt = nullptr, *prompt_opt = nullptr, *file_opt = nullptr;
@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
             ->check(examples::budget_validator());
         app.add_option("--namm-weights", namm_weights, "NAMM weights for --policy namm (convert_namm_checkpoint.py, engram-namm-evolve)")
             ->check(cli::regular_file());
+        examples::add_weights_option(app, weights);
       },
       [&] {
         const std::size_t sources = tokens_opt->count() + prompt_opt->count() + file_opt->count();
@@ -53,7 +54,8 @@ int main(int argc, char** argv) {
           cli::usage_error("--budget", "policy " + policy_name + " needs a budget (tokens, e.g. 2048, or a ratio, e.g. 0.25)");
         sampling.seed = cli::seed();
 
-        const auto model = hf::load_decoder<float>(model_dir);
+        auto model = hf::load_decoder<float>(model_dir);
+        const std::string weights_line = examples::apply_weights(model, weights);
         const Index vocab = model.config.vocab_size;
         std::string why;
         const std::optional<examples::TextCodec> codec = examples::TextCodec::for_model(model_dir, vocab, why);
@@ -112,6 +114,7 @@ int main(int argc, char** argv) {
                      std::chrono::duration<double, std::milli>(t1 - t0).count(),
                      std::chrono::duration<double, std::milli>(t2 - t1).count() / double(std::max<Index>(generated, 1)),
                      double(state.bytes()) / 1024.0);
+        std::fprintf(stderr, "%s\n", weights_line.c_str());
         if (policy) {
           std::fprintf(stderr, "cache policy %s, after the prompt: %s\n", policy->name().c_str(), after_prompt.c_str());
           std::fprintf(stderr, "cache policy %s, at the end:      %s\n", policy->name().c_str(), examples::cache_summary(model.config, state).c_str());

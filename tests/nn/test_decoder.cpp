@@ -1,7 +1,10 @@
-// Decoder invariants: prefill(T) == T decode steps == chunked prefill; state copies fork a sequence;
+// Decoder invariants: prefill(T) == T decode steps == chunked prefill; batched decode == each
+// sequence alone; state copies fork a sequence;
 // bad tokens and over-long sequences are Errors; sampling.
 #include "engram/io/hf.hpp"
 #include "engram/nn/sampling.hpp"
+#include "engram/policies/h2o.hpp"
+#include "engram/ttt/loader.hpp"
 #include "test_util.hpp"
 
 using namespace engram;
@@ -104,4 +107,74 @@ TEST_CASE("sampling: greedy and top-k and temperature are reproducible and NaN i
   const std::vector<float> bad = {0.f, NAN};
   CHECK_THROWS_AS(greedy.sample(bad.data(), 2), Error);
   CHECK_THROWS_AS(Sampler({.temperature = -1.0}), Error);
+}
+
+namespace {
+// Sequences of different lengths at different positions: prompts of 1, 5, 9, ... tokens.
+std::vector<Decoder<float>::State> prompted(const Decoder<float>& m, Index n, const CachePolicy<float>* policy_of_odd = nullptr) {
+  std::vector<Decoder<float>::State> s;
+  for (Index b = 0; b < n; ++b) {
+    s.push_back(m.make_state(b % 2 == 1 ? policy_of_odd : nullptr));
+    std::vector<std::int32_t> prompt;
+    for (Index i = 0; i <= 4 * (b % 5); ++i) prompt.push_back(std::int32_t((7 * b + 3 * i + 1) % m.config.vocab_size));
+    m.prefill(prompt, s.back());
+  }
+  return s;
+}
+
+// decode_batch of every state, then of its copies one at a time: the same logits (max |difference|).
+double batched_vs_alone(const Decoder<float>& m, Index n, Index steps, const CachePolicy<float>* policy_of_odd = nullptr) {
+  auto batched = prompted(m, n, policy_of_odd), alone = prompted(m, n, policy_of_odd);
+  double worst = 0;
+  for (Index t = 0; t < steps; ++t) {
+    std::vector<std::int32_t> tokens;
+    std::vector<Decoder<float>::State*> ptrs;
+    for (Index b = 0; b < n; ++b) tokens.push_back(std::int32_t((b * 11 + t * 5 + 2) % m.config.vocab_size)), ptrs.push_back(&batched[std::size_t(b)]);
+    const Tensor<float> got = m.decode_batch(tokens, ptrs);
+    REQUIRE(got.rows() == n);
+    for (Index b = 0; b < n; ++b) {
+      const Tensor<float> want = m.decode(tokens[std::size_t(b)], alone[std::size_t(b)]);
+      for (Index v = 0; v < m.config.vocab_size; ++v) worst = std::max(worst, double(std::abs(got(b, v) - want(0, v))));
+      CHECK(batched[std::size_t(b)].position() == alone[std::size_t(b)].position());
+      CHECK(batched[std::size_t(b)].bytes() == alone[std::size_t(b)].bytes());
+    }
+  }
+  return worst;
+}
+}  // namespace
+
+TEST_CASE("batched decode equals each sequence decoded alone", "[decoder][invariant][batch]") {
+  for (const char* dir : {"llama_tiny", "gpt2_tiny"}) {
+    INFO(dir);
+    Decoder<float> m = hf::load_decoder<float>(test::fixture(dir));
+    // Up to 16 sequences: the one-row kernel's arithmetic whatever the batch (exact).
+    CHECK(batched_vs_alone(m, 1, 2) == 0.0);
+    CHECK(batched_vs_alone(m, 3, 4) == 0.0);
+    CHECK(batched_vs_alone(m, 16, 2) == 0.0);
+    // More: the packed GEMM for the products (within rounding).
+    CHECK(batched_vs_alone(m, 20, 2) <= 1e-5);
+    // A cache policy on every other sequence (its own budget and evictions), none on the rest.
+    const policies::H2OPolicy<float> h2o(Budget::of_tokens(6));
+    CHECK(batched_vs_alone(m, 5, 8, &h2o) == 0.0);
+    m.compress_weights(WeightFormat::q8);
+    CHECK(batched_vs_alone(m, 6, 3) == 0.0);
+  }
+  // A TTT model: its layers take the default (one sequence at a time) inside the batched step.
+  const auto ttt_model = ttt::load_decoder<float>(test::fixture("ttt/model_linear_T"));
+  CHECK(batched_vs_alone(ttt_model, 4, 3) <= 1e-6);
+}
+
+TEST_CASE("batched decode refuses a bad batch", "[decoder][batch][errors]") {
+  const auto m = hf::load_decoder<float>(test::fixture("llama_tiny"));
+  const auto other = hf::load_decoder<float>(test::fixture("llama_tiny"));
+  auto a = m.make_state(), b = m.make_state(), c = other.make_state();
+  const std::vector<std::int32_t> two = {1, 2}, one = {1};
+  CHECK_THROWS_AS(m.decode_batch(two, std::vector<Decoder<float>::State*>{&a}), Error);        // counts differ
+  CHECK_THROWS_AS(m.decode_batch(two, std::vector<Decoder<float>::State*>{&a, &a}), Error);    // one state twice
+  CHECK_THROWS_AS(m.decode_batch(two, std::vector<Decoder<float>::State*>{&a, &c}), Error);    // another model's state
+  CHECK_THROWS_AS(m.decode_batch(two, std::vector<Decoder<float>::State*>{&a, nullptr}), Error);
+  CHECK_THROWS_AS(m.decode_batch({}, std::vector<Decoder<float>::State*>{}), Error);
+  const std::vector<std::int32_t> bad = {1, 9999};
+  CHECK_THROWS_AS(m.decode_batch(bad, std::vector<Decoder<float>::State*>{&a, &b}), Error);     // outside the vocabulary
+  CHECK(m.decode_batch(one, std::vector<Decoder<float>::State*>{&b}).rows() == 1);
 }

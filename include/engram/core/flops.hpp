@@ -40,6 +40,10 @@ class FlopCounter {
   }
   double attention() const { return (*this)[FlopCategory::attention_scores] + (*this)[FlopCategory::attention_values]; }
   void reset() { by_category_.fill(0.0); }
+  /// Adds `fraction` of every category of o (a batched product's share of one sequence).
+  void add_share(const FlopCounter& o, double fraction) {
+    for (std::size_t i = 0; i < by_category_.size(); ++i) by_category_[i] += fraction * o.by_category_[i];
+  }
   FlopCounter& operator+=(const FlopCounter& o) {
     for (std::size_t i = 0; i < by_category_.size(); ++i) by_category_[i] += o.by_category_[i];
     return *this;

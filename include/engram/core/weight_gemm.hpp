@@ -40,12 +40,21 @@ inline void tile(const float* const* xs, const WeightView& w, Index j, Index k, 
   const Index ks = (F == WeightFormat::q8 || F == WeightFormat::q4) ? (k + step - 1) / step * step : k / step * step;
   const unsigned char* rows[WR];
   for (int r = 0; r < WR; ++r) rows[r] = w.row(j + r);
+  // The rows two tiles ahead, prefetched at the bytes this step reads: a compressed row is short
+  // (816 bytes for 768 q8 weights), so the hardware prefetcher, which follows each row's stream,
+  // runs out of row before it gets ahead. Measured on a one-row product with [160000, 768] from
+  // DRAM: bf16 5.1 -> 7.8 GB/s, q8 4.8 -> 7.7 GB/s (f32 9.0 on the same loaded machine); one tile
+  // ahead gave q8 6.7.
+  const unsigned char* next[WR];
+  for (int r = 0; r < WR; ++r) next[r] = j + 2 * WR + r < w.rows ? w.row(j + 2 * WR + r) : rows[r];
   Batch acc[XR][WR];
 #pragma GCC unroll 8
   for (int i = 0; i < XR; ++i)
 #pragma GCC unroll 8
     for (int r = 0; r < WR; ++r) acc[i][r] = Batch(0.0f);
   for (Index c = 0; c < ks; c += step) {
+#pragma GCC unroll 8
+    for (int r = 0; r < WR; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + format_row_bytes(F, c)), _MM_HINT_T0);
     Batch xv[XR][kS];
 #pragma GCC unroll 8
     for (int i = 0; i < XR; ++i)

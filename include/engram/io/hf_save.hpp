@@ -140,6 +140,8 @@ inline json::Value config_to_json(const ModelConfig& c, Index n_labels = 0) {
 template <class T>
 safetensors::Writer export_weights(const Decoder<T>& decoder, const SequenceClassifier<T>* classifier = nullptr,
                                    safetensors::DType dtype = safetensors::DType::F32) {
+  check(decoder.weight_format() == WeightFormat::f32, "hf::export_weights", "the weights are stored as ", format_name(decoder.weight_format()),
+        " for inference; save the f32 model (before compress_weights) and convert on load");
   static const SequenceClassifier<T> none;
   const SequenceClassifier<T>& head = classifier ? *classifier : none;
   safetensors::Writer out;

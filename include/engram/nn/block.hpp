@@ -44,6 +44,35 @@ struct Block {
     }
   }
 
+  /// One decode step of several sequences: row b of x [B, d] is sequence b's token, updated in
+  /// place as forward() would with its own states (states[b][i] belongs to branches[i]) and context;
+  /// each branch runs its forward_batch (shared products, per-sequence state).
+  void forward_batch(View<T> x, std::span<const std::span<const std::unique_ptr<LayerState<T>>>> states,
+                     std::span<StepContext<T>* const> ctxs) const {
+    const Index n = x.rows(), d = x.cols();
+    Workspace<T>& ws = *ctxs.front()->workspace;
+    View<T> normed = ws.get(0, n, d);
+    View<T> branch_out = ws.get(1, n, d);
+    std::vector<LayerState<T>*> st(static_cast<std::size_t>(n));
+    for (std::size_t i = 0; i < branches.size(); ++i) {
+      const Branch<T>& br = branches[i];
+      for (Index b = 0; b < n; ++b) {
+        st[std::size_t(b)] = states[std::size_t(b)][i].get();
+        StepContext<T>& c = *ctxs[std::size_t(b)];
+        if (st[std::size_t(b)] && st[std::size_t(b)]->kv_cache()) c.attention_layer = c.attention_layers_run++;
+      }
+      if (placement == NormPlacement::pre) {
+        br.norm.forward(x, normed);
+        br.layer->forward_batch(normed, branch_out, st, ctxs);
+        for (Index r = 0; r < n; ++r) simd::add(x.row(r), branch_out.row(r), x.row(r), d);
+      } else {
+        br.layer->forward_batch(x, branch_out, st, ctxs);
+        for (Index r = 0; r < n; ++r) simd::add(x.row(r), branch_out.row(r), x.row(r), d);
+        br.norm.forward(x, x);
+      }
+    }
+  }
+
   /// Training forward: x [n_seqs * seq_len, d] is updated in place as forward() would on each
   /// sequence from a fresh state. With `checkpoint`, only the block's input is kept on the tape and
   /// backward() recomputes the rest (memory of one block instead of all of them).

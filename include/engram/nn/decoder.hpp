@@ -86,10 +86,52 @@ class Decoder {
     norm("final_norm", final_norm);
     if (!lm_head.weight.empty()) f("lm_head.weight", lm_head.weight);
   }
-  /// Number of parameters (a tied head counts once).
+  /// Number of parameters (a tied head counts once; compressed weights count as many as they hold).
   Index n_params() const {
     Index n = 0;
     const_cast<Decoder*>(this)->visit_parameters([&](const std::string&, Tensor<T>& t) { n += t.numel(); });
+    const_cast<Decoder*>(this)->visit_linears([&](const std::string&, Linear<T>& l) {
+      if (!l.compressed.empty()) n += l.compressed.rows() * l.compressed.cols();
+    });
+    return n;
+  }
+
+  /// Calls f(name, linear) for every Linear: the blocks' projections ("blocks.L.B.NAME") and an
+  /// untied LM head ("lm_head").
+  void visit_linears(const std::function<void(const std::string&, Linear<T>&)>& f) {
+    for (std::size_t l = 0; l < blocks.size(); ++l)
+      for (std::size_t b = 0; b < blocks[l].branches.size(); ++b) {
+        const std::string p = "blocks." + std::to_string(l) + "." + std::to_string(b);
+        blocks[l].branches[b].layer->visit_linears([&](const std::string& n, Linear<T>& lin) { f(p + "." + n, lin); });
+      }
+    if (!lm_head.weight.empty() || !lm_head.compressed.empty()) f("lm_head", lm_head);
+  }
+
+  /// Stores every Linear (attention, MLP and TTT projections, the LM head) in `format`, for
+  /// inference (core/weights.hpp: bf16, f16, q8, q4; f32 changes nothing). Products then stream the
+  /// stored bytes and accumulate in fp32. The embedding lookup, norms, biases and a TTT layer's
+  /// inner weights stay f32; a head tied to the embedding gets a compressed copy of it for the
+  /// logits (the lookup keeps the f32 rows). Training a compressed model is an Error (backward
+  /// needs the f32 weights), and so is compressing twice.
+  void compress_weights(WeightFormat format) {
+    if (format == WeightFormat::f32) return;
+    check(weight_format_ == WeightFormat::f32, "Decoder", "the weights are already stored as ", format_name(weight_format_));
+    if constexpr (!std::is_same_v<T, float>) {
+      fail("Decoder", "compressed weights (", format_name(format), ") need a float model, this one computes in double");
+    } else {
+      visit_linears([&](const std::string& name, Linear<T>& lin) { lin.compress(format, name + ".weight"); });
+      if (lm_head.compressed.empty()) tied_head_ = CompressedMatrix::quantize(embed.weight.view(), format, "the tied LM head (embed.weight)");
+      weight_format_ = format;
+    }
+  }
+  /// How the Linears are stored (f32 until compress_weights).
+  WeightFormat weight_format() const { return weight_format_; }
+  /// Bytes of weights a decode step streams: every Linear and the LM head in their stored format.
+  std::size_t streamed_weight_bytes() const {
+    std::size_t n = 0;
+    const_cast<Decoder*>(this)->visit_linears([&](const std::string&, Linear<T>& l) { n += l.weight_bytes(); });
+    if (lm_head.weight.empty() && lm_head.compressed.empty())
+      n += tied_head_.empty() ? std::size_t(embed.weight.numel()) * sizeof(T) : tied_head_.bytes();
     return n;
   }
 
@@ -248,9 +290,18 @@ class Decoder {
 
   /// out [T, vocab] = hidden [T, d] through the LM head (the embedding when tied).
   void logits(ConstView<T> hidden, View<T> out, FlopCounter* flops = nullptr) const {
-    const Tensor<T>& w = lm_head.weight.empty() ? embed.weight : lm_head.weight;
-    matmul_nt<T>(hidden, w.view(), out);
-    if (flops) flops->add(FlopCategory::lm_head, flops::gemm(hidden.rows(), w.rows(), w.cols()));
+    const Index V = config.vocab_size, d = config.d_model;
+    if (!lm_head.compressed.empty()) {
+      lm_head.forward(hidden, out);
+    } else if (!tied_head_.empty()) {
+      if constexpr (std::is_same_v<T, float>) {
+        matmul_nt(hidden, tied_head_.view(), out);
+      }
+    } else {
+      const Tensor<T>& w = lm_head.weight.empty() ? embed.weight : lm_head.weight;
+      matmul_nt<T>(hidden, w.view(), out);
+    }
+    if (flops) flops->add(FlopCategory::lm_head, flops::gemm(hidden.rows(), V, d));
   }
 
   /// Runs `tokens` through the model, appending to the state's caches; returns logits of the last
@@ -283,7 +334,12 @@ class Decoder {
   }
 
   /// The LM head's weight [vocab, d] (the embedding when tied).
-  const Tensor<T>& head_weight() const { return lm_head.weight.empty() ? embed.weight : lm_head.weight; }
+  /// Training reads it: an Error once the weights are compressed.
+  const Tensor<T>& head_weight() const {
+    check(weight_format_ == WeightFormat::f32, "Decoder", "the weights are stored as ", format_name(weight_format_),
+          ": compressed weights are for inference (train with f32 weights)");
+    return lm_head.weight.empty() ? embed.weight : lm_head.weight;
+  }
 
   /// The rotation table of positions 0 .. n - 1 (a training context's `rope`); empty without RoPE.
   RopeTable<T> rope_table(Index n) const {
@@ -348,7 +404,79 @@ class Decoder {
   /// One token; returns its logits [1, V].
   Tensor<T> decode(std::int32_t token, State& s) const { return prefill(std::span<const std::int32_t>(&token, 1), s); }
 
+  /// One token for each of several sequences in one step (batched decode, for serving many users):
+  /// tokens[b] continues *states[b] (distinct states of this model, at any positions, each with its
+  /// own cache policy or none). Returns the logits [B, V]; row b equals decode(tokens[b], *states[b]).
+  /// Every projection and the LM head run as one product over the batch, so each weight is read
+  /// once per step instead of once per sequence; attention runs per sequence against its own cache.
+  /// Up to weight_gemm::kMaxRows (16) sequences take the one-row kernel's exact arithmetic (rows of
+  /// a batch are computed as they would be alone); more take the packed GEMM (within rounding).
+  Tensor<T> decode_batch(std::span<const std::int32_t> tokens, std::span<State* const> states) const {
+    const char* where = "Decoder::decode_batch";
+    const Index B = Index(tokens.size()), d = config.d_model;
+    check(B >= 1, where, "at least one sequence");
+    check(Index(states.size()) == B, where, "one state per token: ", B, " tokens, ", states.size(), " states");
+    for (Index b = 0; b < B; ++b) {
+      const State* s = states[std::size_t(b)];
+      check(s != nullptr && s->model_ == this, where, "state ", b, " is null or belongs to another model");
+      for (Index c = 0; c < b; ++c) check(states[std::size_t(c)] != s, where, "state ", b, " is also state ", c, ": each sequence once");
+      check(config.positions != PositionKind::learned || s->position_ + 1 <= config.max_positions, where, "sequence ", b, " of ",
+            s->position_ + 1, " tokens exceeds max_position_embeddings = ", config.max_positions);
+    }
+    State& s0 = *states.front();
+    View<T> x = s0.ws_.get(7, B, d);
+    embed.lookup(tokens, x);
+    std::vector<StepContext<T>> ctxs(static_cast<std::size_t>(B));
+    std::vector<StepContext<T>*> ctx_of(static_cast<std::size_t>(B));
+    for (Index b = 0; b < B; ++b) {
+      State& s = *states[std::size_t(b)];
+      View<T> row = x.middle_rows(b, 1);
+      s.positions_.assign(1, s.position_);
+      if (config.positions == PositionKind::learned) simd::add(row.row(0), position_table.row(s.position_), row.row(0), d);
+      if (!type_table.empty()) simd::add(row.row(0), type_table.row(0), row.row(0), d);
+      if (config.embedding_norm) embedding_norm.forward(row, row);
+      if (config.positions == PositionKind::rope) fill_rope_table<T>(s.rope_, inv_freq, s.positions_);
+      StepContext<T>& ctx = ctxs[std::size_t(b)];
+      ctx.positions = s.positions_;
+      ctx.rope = config.positions == PositionKind::rope ? &s.rope_ : nullptr;
+      ctx.flops = &s.flops;
+      ctx.workspace = &s.ws_;
+      ctx.tokens_seen = s.position_;
+      ctx.mask = config.causal ? MaskKind::causal : MaskKind::none;
+      ctx.policy = s.policy_;
+      ctx.policy_state = s.policy_state_.get();
+      ctx_of[std::size_t(b)] = &ctx;
+    }
+    check_finite<T>(x, where, "the input embeddings", 0);
+    std::vector<std::span<const std::unique_ptr<LayerState<T>>>> layer_states(static_cast<std::size_t>(B));
+    for (std::size_t l = 0; l < blocks.size(); ++l) {
+      for (Index b = 0; b < B; ++b) layer_states[std::size_t(b)] = states[std::size_t(b)]->layers_[l];
+      try {
+        blocks[l].forward_batch(x, layer_states, ctx_of);
+      } catch (const Error& e) {
+        fail("Decoder", "block ", l, ": ", e.what());
+      }
+      if (!all_finite<T>(x)) check_finite<T>(x, where, "the output of block " + std::to_string(l), 0);
+    }
+    if (config.final_norm) final_norm.forward(x, x);
+    Tensor<T> out({B, config.vocab_size});
+    batched_rows<T>(std::span<StepContext<T>* const>(ctx_of), [&](StepContext<T>& c) { logits(x, out.view(), c.flops); });
+    for (Index b = 0; b < B; ++b) {
+      State& s = *states[std::size_t(b)];
+      s.position_ += 1;
+      if (s.policy_) {
+        auto caches = s.caches();
+        s.policy_->after_step(caches, s.policy_state_.get(), StepInfo{1, s.position_, &s.flops});
+      }
+    }
+    check_finite<T>(out.view(), where, "the logits", 0);
+    return out;
+  }
+
  private:
+  CompressedMatrix tied_head_;                   ///< the tied LM head's compressed copy (compress_weights)
+  WeightFormat weight_format_ = WeightFormat::f32;
+
   // A bidirectional model's default mask is "none" (as in forward_embeddings).
   TrainContext<T> with_mask(const TrainContext<T>& ctx) const {
     TrainContext<T> c = ctx;

@@ -14,6 +14,7 @@
 #include "engram/core/ops.hpp"
 #include "engram/nn/cache_policy.hpp"
 #include "engram/nn/gradients.hpp"
+#include "engram/nn/linear.hpp"
 #include "engram/nn/tape.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
@@ -109,8 +110,22 @@ class SequenceLayer {
   /// Fresh per-sequence state, or null for a stateless layer.
   virtual std::unique_ptr<LayerState<T>> make_state() const { return nullptr; }
   virtual void forward(ConstView<T> x, View<T> y, LayerState<T>* state, StepContext<T>& ctx) const = 0;
-  /// Calls f(name, tensor) for every parameter of the layer.
+  /// Calls f(name, tensor) for every parameter of the layer (a compressed Linear's weight is not
+  /// among them: it is no longer a Tensor).
   virtual void visit_parameters(const std::function<void(const std::string&, Tensor<T>&)>& f) = 0;
+  /// Calls f(name, linear) for every Linear of the layer, under the names visit_parameters gives
+  /// their weights without ".weight" (what Decoder::compress_weights stores compressed). A layer
+  /// without Linears keeps the default.
+  virtual void visit_linears(const std::function<void(const std::string&, Linear<T>&)>& f) { (void)f; }
+
+  /// One decode step of several sequences: row b of x [B, d] is the next token of the sequence
+  /// whose state is states[b] and context ctxs[b] (its positions, rope, FLOP counter, workspace,
+  /// policy); y [B, d]. Equals forward() on each row with its own state and context. The default
+  /// does exactly that, one row at a time; layers whose products can share the weights override it.
+  virtual void forward_batch(ConstView<T> x, View<T> y, std::span<LayerState<T>* const> states, std::span<StepContext<T>* const> ctxs) const {
+    for (Index b = 0; b < x.rows(); ++b)
+      forward(x.middle_rows(b, 1), y.middle_rows(b, 1), states[std::size_t(b)], *ctxs[std::size_t(b)]);
+  }
 
   /// Training forward: y = f(x) over ctx.n_seqs sequences of ctx.seq_len rows, each from a fresh
   /// state (no KV cache, no policy); saves on ctx.tape what backward() needs. Equals forward() on
@@ -127,10 +142,23 @@ class SequenceLayer {
   }
 };
 
-/// Visits a Linear's weight and bias under `prefix`.
-template <class T, class L>
-void visit_linear(const std::string& prefix, L& linear, const std::function<void(const std::string&, Tensor<T>&)>& f) {
-  f(prefix + ".weight", linear.weight);
+/// Runs `rows` (the rows of a batched step, one per sequence) through `f(x, y, ctx)` once, with a
+/// scratch FLOP counter whose counts are then shared equally among the sequences' counters (every
+/// row costs the same in a row-wise product).
+template <class T, class F>
+void batched_rows(std::span<StepContext<T>* const> ctxs, F&& f) {
+  FlopCounter shared;
+  StepContext<T> ctx = *ctxs.front();
+  ctx.flops = &shared;
+  f(ctx);
+  for (StepContext<T>* c : ctxs)
+    if (c->flops) c->flops->add_share(shared, 1.0 / double(ctxs.size()));
+}
+
+/// Visits a Linear's weight (unless compressed) and bias under `prefix`.
+template <class T>
+void visit_linear(const std::string& prefix, Linear<T>& linear, const std::function<void(const std::string&, Tensor<T>&)>& f) {
+  if (linear.compressed.empty()) f(prefix + ".weight", linear.weight);
   if (!linear.bias.empty()) f(prefix + ".bias", linear.bias);
 }
 

@@ -55,6 +55,15 @@ class Mlp final : public SequenceLayer<T> {
     visit_linear<T>("up", up, f);
     visit_linear<T>("down", down, f);
   }
+  void visit_linears(const std::function<void(const std::string&, Linear<T>&)>& f) override {
+    f("up", up);
+    f("down", down);
+  }
+
+  /// Row-wise: the whole batch in one pass (each weight streamed once for every sequence).
+  void forward_batch(ConstView<T> x, View<T> y, std::span<LayerState<T>* const>, std::span<StepContext<T>* const> ctxs) const override {
+    batched_rows<T>(ctxs, [&](StepContext<T>& ctx) { forward(x, y, nullptr, ctx); });
+  }
 
   void forward(ConstView<T> x, View<T> y, LayerState<T>*, StepContext<T>& ctx) const override {
     const Index n = x.rows(), f = d_ff();

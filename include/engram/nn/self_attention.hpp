@@ -48,16 +48,49 @@ class SelfAttention final : public SequenceLayer<T> {
     visit_linear<T>("qkv", qkv, f);
     visit_linear<T>("out", out, f);
   }
+  void visit_linears(const std::function<void(const std::string&, Linear<T>&)>& f) override {
+    f("qkv", qkv);
+    f("out", out);
+  }
 
   void forward(ConstView<T> x, View<T> y, LayerState<T>* state, StepContext<T>& ctx) const override {
+    LayerCache<T>& cache = cache_of(state, ctx);
+    const Index n = x.rows(), qd = n_heads * head_dim;
+    View<T> proj = ctx.workspace->get(3, n, qkv.out());
+    qkv.forward(x, proj, ctx.flops);
+    View<T> attn = ctx.workspace->get(4, n, qd);
+    attend(proj, attn, cache, ctx);
+    out.forward(attn, y, ctx.flops);
+    after_attention(cache, ctx, n);
+  }
+
+  /// The projections of every sequence in one product each (qkv and out stream their weights once
+  /// for the batch); RoPE, the cache, the policy and attention per sequence, as forward() does.
+  void forward_batch(ConstView<T> x, View<T> y, std::span<LayerState<T>* const> states, std::span<StepContext<T>* const> ctxs) const override {
+    const Index B = x.rows(), qd = n_heads * head_dim;
+    std::vector<LayerCache<T>*> caches;
+    for (Index b = 0; b < B; ++b) caches.push_back(&cache_of(states[std::size_t(b)], *ctxs[std::size_t(b)]));
+    Workspace<T>& ws = *ctxs.front()->workspace;
+    View<T> proj = ws.get(3, B, qkv.out()), attn = ws.get(4, B, qd);
+    batched_rows<T>(ctxs, [&](StepContext<T>& c) { qkv.forward(x, proj, c.flops); });
+    for (Index b = 0; b < B; ++b) attend(proj.middle_rows(b, 1), attn.middle_rows(b, 1), *caches[std::size_t(b)], *ctxs[std::size_t(b)]);
+    batched_rows<T>(ctxs, [&](StepContext<T>& c) { out.forward(attn, y, c.flops); });
+    for (Index b = 0; b < B; ++b) after_attention(*caches[std::size_t(b)], *ctxs[std::size_t(b)], 1);
+  }
+
+ private:
+  LayerCache<T>& cache_of(LayerState<T>* state, const StepContext<T>& ctx) const {
     check(state && state->kv_cache(), "SelfAttention", "needs its AttentionState");
     // The kernel's window counts cache rows, and a policy's evictions leave rows out of position order.
     check(window == 0 || !ctx.policy, "SelfAttention", "a cache policy (", ctx.policy ? ctx.policy->name() : "", ") on a sliding-window layer (window ",
           window, ") is not supported: evictions reorder the cache rows the window is counted in");
-    LayerCache<T>& cache = *state->kv_cache();
-    const Index n = x.rows(), qd = n_heads * head_dim, kd = n_kv_heads * head_dim;
-    View<T> proj = ctx.workspace->get(3, n, qkv.out());
-    qkv.forward(x, proj, ctx.flops);
+    return *state->kv_cache();
+  }
+
+  // One sequence's rows: proj [n, qkv] (q, k, v; rotated in place) -> attn [n, H * d] against its
+  // cache, which takes the step's keys and values first; the policy sees queries and probabilities.
+  void attend(View<T> proj, View<T> attn, LayerCache<T>& cache, StepContext<T>& ctx) const {
+    const Index n = proj.rows(), qd = n_heads * head_dim, kd = n_kv_heads * head_dim;
     View<T> q = proj.middle_cols(0, qd), k = proj.middle_cols(qd, kd), v = proj.middle_cols(qd + kd, kd);
     const StepInfo step{n, ctx.tokens_seen + n, ctx.flops};
     const bool policy_queries = ctx.policy && ctx.policy->needs_queries();
@@ -78,7 +111,6 @@ class SelfAttention final : public SequenceLayer<T> {
     thread_local std::vector<ConstView<T>> keys, values;
     keys.clear(), values.clear();
     for (Index h = 0; h < n_kv_heads; ++h) keys.push_back(cache.head(h).keys()), values.push_back(cache.head(h).values());
-    View<T> attn = ctx.workspace->get(4, n, qd);
     AttentionInput<T> in;
     in.q = q;
     in.k = keys;
@@ -100,11 +132,16 @@ class SelfAttention final : public SequenceLayer<T> {
       ctx.flops->add(FlopCategory::attention_scores, sink_score_passes(in) * per_product);
       ctx.flops->add(FlopCategory::attention_values, per_product);
     }
-    out.forward(attn, y, ctx.flops);
+  }
+
+  // After the layer's output: the policy's eviction, or the sliding window's.
+  void after_attention(LayerCache<T>& cache, StepContext<T>& ctx, Index n) const {
+    const StepInfo step{n, ctx.tokens_seen + n, ctx.flops};
     if (ctx.policy) ctx.policy->after_layer(ctx.attention_layer, cache, ctx.policy_state, step);
     else if (window > 0) drop_outside_window(cache);
   }
 
+ public:
   // Saved: the input x [n, d_model], the projections after RoPE [n, qkv], the attention output
   // [n, H * d] and its log-sum-exp [n, H] (the fused backward recomputes the probabilities from it).
   void forward_train(ConstView<T> x, View<T> y, TrainContext<T>& ctx) const override {

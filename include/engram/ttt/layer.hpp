@@ -132,6 +132,11 @@ class Layer final : public SequenceLayer<T> {
     f("post_norm.bias", post_norm.bias);
     visit_linear<T>("o_proj", o_proj, f);
   }
+  /// The fused projection and o_proj (the inner model's W/b stay f32: they are the state's start).
+  void visit_linears(const std::function<void(const std::string&, Linear<T>&)>& f) override {
+    f("proj", proj);
+    f("o_proj", o_proj);
+  }
 
   void forward(ConstView<T> x, View<T> y, LayerState<T>* state, StepContext<T>& ctx) const override {
     forward_traced(x, y, state, ctx, nullptr);

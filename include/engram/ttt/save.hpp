@@ -83,6 +83,8 @@ safetensors::Writer export_weights(const Decoder<T>& decoder, safetensors::DType
 /// ttt::load_decoder (and by ttt-lm-pytorch's TTTForCausalLM). Tensors are stored as `dtype`.
 template <class T>
 void save_decoder(const Decoder<T>& decoder, const std::filesystem::path& dir, safetensors::DType dtype = safetensors::DType::F32) {
+  check(decoder.weight_format() == WeightFormat::f32, "ttt::save_decoder", "the weights are stored as ", format_name(decoder.weight_format()),
+        " for inference; save the f32 model (before compress_weights)");
   const std::string config = json::dump(config_to_json(spec_of(decoder)));
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
