@@ -32,15 +32,7 @@ struct Block {
       const Branch<T>& b = branches[i];
       LayerState<T>* st = states[i].get();
       if (st && st->kv_cache()) ctx.attention_layer = ctx.attention_layers_run++;
-      if (placement == NormPlacement::pre) {
-        b.norm.forward(x, normed);
-        b.layer->forward(normed, branch_out, st, ctx);
-        for (Index r = 0; r < n; ++r) simd::add(x.row(r), branch_out.row(r), x.row(r), d);
-      } else {
-        b.layer->forward(x, branch_out, st, ctx);
-        for (Index r = 0; r < n; ++r) simd::add(x.row(r), branch_out.row(r), x.row(r), d);
-        b.norm.forward(x, x);
-      }
+      residual(b, x, normed, branch_out, [&](ConstView<T> in, View<T> out) { b.layer->forward(in, out, st, ctx); });
     }
   }
 
@@ -61,15 +53,23 @@ struct Block {
         StepContext<T>& c = *ctxs[std::size_t(b)];
         if (st[std::size_t(b)] && st[std::size_t(b)]->kv_cache()) c.attention_layer = c.attention_layers_run++;
       }
-      if (placement == NormPlacement::pre) {
-        br.norm.forward(x, normed);
-        br.layer->forward_batch(normed, branch_out, st, ctxs);
-        for (Index r = 0; r < n; ++r) simd::add(x.row(r), branch_out.row(r), x.row(r), d);
-      } else {
-        br.layer->forward_batch(x, branch_out, st, ctxs);
-        for (Index r = 0; r < n; ++r) simd::add(x.row(r), branch_out.row(r), x.row(r), d);
-        br.norm.forward(x, x);
-      }
+      residual(br, x, normed, branch_out, [&](ConstView<T> in, View<T> out) { br.layer->forward_batch(in, out, st, ctxs); });
+    }
+  }
+
+  // One residual branch around `layer(in, out)`: x += layer(norm(x)) (pre-norm) or x = norm(x +
+  // layer(x)) (post-norm); normed and out are [rows, d] scratch.
+  template <class F>
+  void residual(const Branch<T>& b, View<T> x, View<T> normed, View<T> out, F&& layer) const {
+    const Index n = x.rows(), d = x.cols();
+    if (placement == NormPlacement::pre) {
+      b.norm.forward(x, normed);
+      layer(normed, out);
+      for (Index r = 0; r < n; ++r) simd::add(x.row(r), out.row(r), x.row(r), d);
+    } else {
+      layer(x, out);
+      for (Index r = 0; r < n; ++r) simd::add(x.row(r), out.row(r), x.row(r), d);
+      b.norm.forward(x, x);
     }
   }
 
