@@ -90,19 +90,21 @@ TEST_CASE("a compressed decoder computes with its decoded weights, in every form
 }
 
 TEST_CASE("a trained host keeps its answers with compressed weights", "[decoder][weights]") {
-  // The NAMM host (trained to retrieve a fact from 1,024 bytes): same held-out samples, every format.
+  // The NAMM host (trained to retrieve a fact from up to 1,024 bytes), 8 held-out samples of 320
+  // bytes (small, so the -O0 sanitizer build runs it in seconds), the two block-quantised formats
+  // (the coarsest; bf16/f16 round less, and their products are pinned by the test above).
   const tasks::Corpus corpus = tasks::Corpus::fortunes();
-  const tasks::TaskOptions task{tasks::Task::fact_detection, 1024};
-  const eval::TaskEvalOptions o{.samples = 16, .parallel = false};
+  const tasks::TaskOptions task{tasks::Task::fact_detection, 320};
+  const eval::TaskEvalOptions o{.samples = 8, .parallel = false};
   const Decoder<float> f32 = hf::load_decoder<float>(test::fixture("namm_host"));
   const eval::TaskScore base = eval::score_task(eval::DecoderReader<float>(f32), corpus, task, o);
-  REQUIRE(base.correct >= 15);  // the trained model answers (chance: about 3 of 16)
-  for (WeightFormat f : kFormats) {
+  REQUIRE(base.correct == 8);  // the trained model answers (chance: 1 in 6)
+  for (WeightFormat f : {WeightFormat::q8, WeightFormat::q4}) {
     INFO(format_name(f));
     Decoder<float> m = hf::load_decoder<float>(test::fixture("namm_host"));
     m.compress_weights(f);
     const eval::TaskScore got = eval::score_task(eval::DecoderReader<float>(m), corpus, task, o);
-    CHECK(got.correct >= base.correct - (f == WeightFormat::q4 ? 1 : 0));
+    CHECK(got.correct == base.correct);
     // The answer's log-likelihood moves by the format's rounding: a few percent of a small loss at most.
     CHECK(std::abs(got.answer_log_prob - base.answer_log_prob) <= (f == WeightFormat::q4 ? 0.05 : 0.01) * std::abs(base.answer_log_prob) + 1e-3);
   }
