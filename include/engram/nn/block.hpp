@@ -45,7 +45,8 @@ struct Block {
     Workspace<T>& ws = *ctxs.front()->workspace;
     View<T> normed = ws.get(0, n, d);
     View<T> branch_out = ws.get(1, n, d);
-    std::vector<LayerState<T>*> st(static_cast<std::size_t>(n));
+    thread_local std::vector<LayerState<T>*> st;  // reused: a warm batched step allocates nothing here
+    st.assign(static_cast<std::size_t>(n), nullptr);
     for (std::size_t i = 0; i < branches.size(); ++i) {
       const Branch<T>& br = branches[i];
       for (Index b = 0; b < n; ++b) {

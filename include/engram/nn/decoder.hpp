@@ -426,8 +426,13 @@ class Decoder {
     State& s0 = *states.front();
     View<T> x = s0.ws_.get(7, B, d);
     embed.lookup(tokens, x);
-    std::vector<StepContext<T>> ctxs(static_cast<std::size_t>(B));
-    std::vector<StepContext<T>*> ctx_of(static_cast<std::size_t>(B));
+    // Reused across steps (fresh contexts every step: the blocks advance their layer counters).
+    thread_local std::vector<StepContext<T>> ctxs;
+    thread_local std::vector<StepContext<T>*> ctx_of;
+    thread_local std::vector<std::span<const std::unique_ptr<LayerState<T>>>> layer_states;
+    ctxs.assign(static_cast<std::size_t>(B), StepContext<T>{});
+    ctx_of.assign(static_cast<std::size_t>(B), nullptr);
+    layer_states.resize(static_cast<std::size_t>(B));
     for (Index b = 0; b < B; ++b) {
       State& s = *states[std::size_t(b)];
       View<T> row = x.middle_rows(b, 1);
@@ -448,7 +453,6 @@ class Decoder {
       ctx_of[std::size_t(b)] = &ctx;
     }
     check_finite<T>(x, where, "the input embeddings", 0);
-    std::vector<std::span<const std::unique_ptr<LayerState<T>>>> layer_states(static_cast<std::size_t>(B));
     for (std::size_t l = 0; l < blocks.size(); ++l) {
       for (Index b = 0; b < B; ++b) layer_states[std::size_t(b)] = states[std::size_t(b)]->layers_[l];
       try {

@@ -68,7 +68,8 @@ class SelfAttention final : public SequenceLayer<T> {
   /// for the batch); RoPE, the cache, the policy and attention per sequence, as forward() does.
   void forward_batch(ConstView<T> x, View<T> y, std::span<LayerState<T>* const> states, std::span<StepContext<T>* const> ctxs) const override {
     const Index B = x.rows(), qd = n_heads * head_dim;
-    std::vector<LayerCache<T>*> caches;
+    thread_local std::vector<LayerCache<T>*> caches;  // reused across steps
+    caches.clear();
     for (Index b = 0; b < B; ++b) caches.push_back(&cache_of(states[std::size_t(b)], *ctxs[std::size_t(b)]));
     Workspace<T>& ws = *ctxs.front()->workspace;
     View<T> proj = ws.get(3, B, qkv.out()), attn = ws.get(4, B, qd);
