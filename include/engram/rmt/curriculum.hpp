@@ -54,7 +54,10 @@ struct CurriculumOptions {
   /// that has already read D segments, as a fact half-way into a long document does: an RMT trained
   /// only on short documents writes a fact well after a few segments and badly after a thousand
   /// (measured: 37/40 after 0 segments of background, 8/40 after 1024). Costs one forward of D
-  /// segments per sequence; the answer's loss and the facts stay in the sample.
+  /// segments per sequence, and the step keeps each segment's input memory (RMT: m x d per
+  /// sequence and segment; ARMT also its per-layer associative matrices, so keep N small there);
+  /// the answer's loss and the facts stay in the sample. bench/results/rmt_fact_detection/
+  /// write_depth.md: on the detection model it did not help (the drift itself gets no gradient).
   Index burn_in_segments = 0;
   Index batch = 16;                 ///< sequences per optimizer step
   Index micro_batch = 0;            ///< sequences per forward/backward, run in parallel (0: batch / threads)
