@@ -19,7 +19,10 @@ suite() {  # name, extra cmake args...
   cmake -S . -B "$build/$name" -G Ninja -DENGRAM_TOKENIZER_DATA="$build/tokenizer-data" "$@" >/dev/null
   cmake --build "$build/$name" -j "$jobs"
   step "suite $name: run"
-  ctest --test-dir "$build/$name" -j "$jobs" --output-on-failure --timeout 600
+  # ctest runs $jobs tests at once and each opens OpenMP teams of $jobs threads; with the default
+  # (spinning) wait policy the oversubscribed threads spin against each other: two copies of the
+  # curriculum resume test took 6.4 s together, 0.16 s with passive waiting.
+  OMP_WAIT_POLICY=PASSIVE ctest --test-dir "$build/$name" -j "$jobs" --output-on-failure --timeout 600
 }
 
 # 0. the real tokenizer vocabularies and reference ids (npm), fetched once for every suite.
