@@ -247,28 +247,7 @@ class Decoder {
     check_shape(x, -1, config.d_model, "Decoder", "embeddings");
     check(s.model_ == this, "Decoder", "state belongs to another model");
     check_finite<T>(x, "Decoder", "the input embeddings", s.position_);  // NaN policy: inputs are checked (one pass)
-    s.positions_.resize(std::size_t(n));
-    for (Index i = 0; i < n; ++i) s.positions_[std::size_t(i)] = s.position_ + i;
-    if (config.positions == PositionKind::learned) {
-      check(s.position_ + n <= config.max_positions, "Decoder", "sequence of ", s.position_ + n,
-            " tokens exceeds max_position_embeddings = ", config.max_positions);
-      for (Index i = 0; i < n; ++i) simd::add(x.row(i), position_table.row(s.position_ + i), x.row(i), config.d_model);
-    }
-    if (!type_table.empty())
-      for (Index i = 0; i < n; ++i) simd::add(x.row(i), type_table.row(0), x.row(i), config.d_model);
-    if (config.embedding_norm) embedding_norm.forward(x, x);
-    if (config.positions == PositionKind::rope) fill_rope_table<T>(s.rope_, inv_freq, s.positions_);
-
-    StepContext<T> ctx;
-    ctx.positions = s.positions_;
-    ctx.rope = config.positions == PositionKind::rope ? &s.rope_ : nullptr;
-    ctx.flops = &s.flops;
-    ctx.workspace = &s.ws_;
-    ctx.tokens_seen = s.position_;
-    ctx.mask = (mask.kind == MaskKind::causal && !config.causal) ? MaskKind::none : mask.kind;
-    ctx.custom_mask = mask.custom;
-    ctx.policy = s.policy_;
-    ctx.policy_state = s.policy_state_.get();
+    StepContext<T> ctx = begin_step(x, s, mask);
     for (std::size_t l = 0; l < blocks.size(); ++l) {
       try {
         blocks[l].forward(x, s.layers_[l], ctx);
@@ -281,11 +260,7 @@ class Decoder {
       if (!all_finite<T>(x)) check_finite<T>(x, "Decoder", "the output of block " + std::to_string(l), s.position_);
     }
     if (config.final_norm) final_norm.forward(x, x);
-    s.position_ += n;
-    if (s.policy_) {
-      auto caches = s.caches();
-      s.policy_->after_step(caches, s.policy_state_.get(), StepInfo{n, s.position_, &s.flops});
-    }
+    end_step(s, n);
   }
 
   /// out [T, vocab] = hidden [T, d] through the LM head (the embedding when tied).
@@ -426,31 +401,16 @@ class Decoder {
     State& s0 = *states.front();
     View<T> x = s0.ws_.get(7, B, d);
     embed.lookup(tokens, x);
-    // Reused across steps (fresh contexts every step: the blocks advance their layer counters).
+    // Reused across steps (begin_step makes a fresh context for every sequence and step).
     thread_local std::vector<StepContext<T>> ctxs;
     thread_local std::vector<StepContext<T>*> ctx_of;
     thread_local std::vector<std::span<const std::unique_ptr<LayerState<T>>>> layer_states;
-    ctxs.assign(static_cast<std::size_t>(B), StepContext<T>{});
-    ctx_of.assign(static_cast<std::size_t>(B), nullptr);
+    ctxs.resize(static_cast<std::size_t>(B));
+    ctx_of.resize(static_cast<std::size_t>(B));
     layer_states.resize(static_cast<std::size_t>(B));
     for (Index b = 0; b < B; ++b) {
-      State& s = *states[std::size_t(b)];
-      View<T> row = x.middle_rows(b, 1);
-      s.positions_.assign(1, s.position_);
-      if (config.positions == PositionKind::learned) simd::add(row.row(0), position_table.row(s.position_), row.row(0), d);
-      if (!type_table.empty()) simd::add(row.row(0), type_table.row(0), row.row(0), d);
-      if (config.embedding_norm) embedding_norm.forward(row, row);
-      if (config.positions == PositionKind::rope) fill_rope_table<T>(s.rope_, inv_freq, s.positions_);
-      StepContext<T>& ctx = ctxs[std::size_t(b)];
-      ctx.positions = s.positions_;
-      ctx.rope = config.positions == PositionKind::rope ? &s.rope_ : nullptr;
-      ctx.flops = &s.flops;
-      ctx.workspace = &s.ws_;
-      ctx.tokens_seen = s.position_;
-      ctx.mask = config.causal ? MaskKind::causal : MaskKind::none;
-      ctx.policy = s.policy_;
-      ctx.policy_state = s.policy_state_.get();
-      ctx_of[std::size_t(b)] = &ctx;
+      ctxs[std::size_t(b)] = begin_step(x.middle_rows(b, 1), *states[std::size_t(b)]);
+      ctx_of[std::size_t(b)] = &ctxs[std::size_t(b)];
     }
     check_finite<T>(x, where, "the input embeddings", 0);
     for (std::size_t l = 0; l < blocks.size(); ++l) {
@@ -465,19 +425,49 @@ class Decoder {
     if (config.final_norm) final_norm.forward(x, x);
     Tensor<T> out({B, config.vocab_size});
     batched_rows<T>(std::span<StepContext<T>* const>(ctx_of), [&](StepContext<T>& c) { logits(x, out.view(), c.flops); });
-    for (Index b = 0; b < B; ++b) {
-      State& s = *states[std::size_t(b)];
-      s.position_ += 1;
-      if (s.policy_) {
-        auto caches = s.caches();
-        s.policy_->after_step(caches, s.policy_state_.get(), StepInfo{1, s.position_, &s.flops});
-      }
-    }
+    for (Index b = 0; b < B; ++b) end_step(*states[std::size_t(b)], 1);
     check_finite<T>(out.view(), where, "the logits", 0);
     return out;
   }
 
  private:
+  // The start of a step of x.rows() tokens of s: positions, learned positions / token types /
+  // embedding norm added to the embeddings x in place, the RoPE table; the layers' context.
+  StepContext<T> begin_step(View<T> x, State& s, StepMask mask = {}) const {
+    const Index n = x.rows();
+    s.positions_.resize(std::size_t(n));
+    for (Index i = 0; i < n; ++i) s.positions_[std::size_t(i)] = s.position_ + i;
+    if (config.positions == PositionKind::learned) {
+      check(s.position_ + n <= config.max_positions, "Decoder", "sequence of ", s.position_ + n,
+            " tokens exceeds max_position_embeddings = ", config.max_positions);
+      for (Index i = 0; i < n; ++i) simd::add(x.row(i), position_table.row(s.position_ + i), x.row(i), config.d_model);
+    }
+    if (!type_table.empty())
+      for (Index i = 0; i < n; ++i) simd::add(x.row(i), type_table.row(0), x.row(i), config.d_model);
+    if (config.embedding_norm) embedding_norm.forward(x, x);
+    if (config.positions == PositionKind::rope) fill_rope_table<T>(s.rope_, inv_freq, s.positions_);
+    StepContext<T> ctx;
+    ctx.positions = s.positions_;
+    ctx.rope = config.positions == PositionKind::rope ? &s.rope_ : nullptr;
+    ctx.flops = &s.flops;
+    ctx.workspace = &s.ws_;
+    ctx.tokens_seen = s.position_;
+    ctx.mask = (mask.kind == MaskKind::causal && !config.causal) ? MaskKind::none : mask.kind;
+    ctx.custom_mask = mask.custom;
+    ctx.policy = s.policy_;
+    ctx.policy_state = s.policy_state_.get();
+    return ctx;
+  }
+
+  // The end of a step of n tokens: the position advances and the cache policy acts.
+  void end_step(State& s, Index n) const {
+    s.position_ += n;
+    if (s.policy_) {
+      auto caches = s.caches();
+      s.policy_->after_step(caches, s.policy_state_.get(), StepInfo{n, s.position_, &s.flops});
+    }
+  }
+
   CompressedMatrix tied_head_;                   ///< the tied LM head's compressed copy (compress_weights)
   WeightFormat weight_format_ = WeightFormat::f32;
 
