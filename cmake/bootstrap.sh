@@ -5,7 +5,8 @@ set -euo pipefail
 packages=(cmake ninja-build g++ libeigen3-dev libxsimd-dev catch2 libbenchmark-dev libcli11-dev fortunes-min
   pkg-config libpcre2-dev libicu-dev libsentencepiece-dev bible-kjv  # second line: the tokenizers component and its benchmark's text
   libopenmpi-dev openmpi-bin  # the mpi component, its tests and mpirun
-  python3-torch)  # the RMT converter's test (official checkpoints generated, converted, compared)
+  python3-torch  # the RMT converter's test (official checkpoints generated, converted, compared)
+  libopenblas-dev)  # bench_core's GEMM baseline (OpenBLAS sgemm measured in the same program)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
