@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "engram/core/activation_quant.hpp"
 #include "engram/core/gemm.hpp"
 #include "engram/core/weights.hpp"
 #include "test_util.hpp"
@@ -89,10 +90,13 @@ TEST_CASE("gemm refuses an output that shares memory with an input", "[gemm][err
 }
 
 TEST_CASE("weight products in every format equal products with the decoded weights", "[gemm][weights]") {
-  // W [n, k] with k not a multiple of the 32-weight block; x rows 1 (decode), 5 and 40 (prefill path).
-  const Index n = 70, k = 100;
-  auto w = test::random_tensor<float>({n, k}, 11);
+  // W [n, k] with k not a multiple of the 32-weight block (100: 4 blocks, 70: 3, an odd count the
+  // AVX-512 kernel's two-block steps end on); x rows 1 (decode), 5 and 40 (prefill path). q8/q4
+  // products are W x Q8(x): the reference multiplies the decoded weights by x's int8 round trip.
+  const Index n = 70;
+  for (Index k : {Index(100), Index(70)})
   for (WeightFormat f : {WeightFormat::f32, WeightFormat::bf16, WeightFormat::f16, WeightFormat::q8, WeightFormat::q4}) {
+    auto w = test::random_tensor<float>({n, k}, 11 + k);
     CompressedMatrix stored;
     Tensor<float> decoded;
     WeightView view;
@@ -112,8 +116,75 @@ TEST_CASE("weight products in every format equal products with the decoded weigh
       auto y0 = test::random_tensor<float>({m, n}, 30 + m);
       Tensor<float> y = y0.copy();
       matmul_nt(x.view(), view, y.view(), 1.5f, 0.25f);
-      check_against_double(x.view(), false, decoded.view(), true, y0.view(), y.view(), 1.5f, 0.25f,
-                           std::string(format_name(f)) + " m " + std::to_string(m));
+      Tensor<float> xq = x.copy();
+      if (f == WeightFormat::q8 || f == WeightFormat::q4)
+        for (Index i = 0; i < m; ++i) act_quant::round_trip(xq.row(i), k);
+      check_against_double(xq.view(), false, decoded.view(), true, y0.view(), y.view(), 1.5f, 0.25f,
+                           std::string(format_name(f)) + " k " + std::to_string(k) + " m " + std::to_string(m));
+    }
+  }
+}
+
+TEST_CASE("activations quantise to int8 blocks within half a step, with the bias the kernels need", "[weights]") {
+  // 70 values: two whole blocks and a partial one, then a pair's padding block of zeros.
+  auto x = test::random_tensor<float>({1, 70}, 3);
+  x(0, 5) = 9.0f;                                     // an outlier sets block 0's scale
+  for (Index c = 32; c < 64; ++c) x(0, c) = 0.0f;     // a block of zeros: scale 0, no division
+  const Index blocks = act_quant::padded_blocks(70);
+  REQUIRE(blocks == 4);
+  std::vector<std::int8_t> q(std::size_t(blocks * kQuantBlock));
+  std::vector<float> d(std::size_t(blocks * act_quant::kLanes));
+  std::vector<std::int32_t> bias(d.size());
+  act_quant::quantise(x.row(0), 70, 8, q.data(), d.data(), bias.data());
+  CHECK(d[0] == Approx(9.0f / 127.0f));
+  CHECK(q[5] == 127);
+  CHECK(d[act_quant::kLanes] == 0.0f);
+  CHECK(d[3 * act_quant::kLanes] == 0.0f);  // the padding block
+  for (Index b = 0; b < blocks; ++b) {
+    std::int32_t sum = 0;
+    for (Index i = 0; i < kQuantBlock; ++i) {
+      const Index c = b * kQuantBlock + i;
+      sum += q[std::size_t(c)];
+      const float scale = d[std::size_t(b * act_quant::kLanes)];
+      const float value = c < 70 ? x(0, c) : 0.0f;
+      CHECK(std::abs(double(value) - double(scale) * q[std::size_t(c)]) <= 0.5 * double(scale) * (1 + 1e-6) + 1e-30);
+      CHECK(std::abs(q[std::size_t(c)]) <= 127);
+    }
+    CHECK(bias[std::size_t(b * act_quant::kLanes)] == -8 * sum);
+    for (Index l = 1; l < act_quant::kLanes; ++l) CHECK(bias[std::size_t(b * act_quant::kLanes + l)] == 0);
+  }
+  // round_trip is the same quantisation, in place.
+  Tensor<float> rt = x.copy();
+  act_quant::round_trip(rt.row(0), 70);
+  for (Index c = 0; c < 70; ++c) CHECK(rt(0, c) == d[std::size_t(c / kQuantBlock * act_quant::kLanes)] * float(q[std::size_t(c)]));
+}
+
+TEST_CASE("q8/q4 products keep NaN and zeros as fp32 products do, and prefill equals decode", "[gemm][weights]") {
+  const Index n = 24, k = 96;
+  auto w = test::random_tensor<float>({n, k}, 12);
+  for (WeightFormat f : {WeightFormat::q8, WeightFormat::q4}) {
+    INFO(format_name(f));
+    const CompressedMatrix stored = CompressedMatrix::quantize(w.view(), f, "w");
+    // A NaN or an infinity in x poisons its row (never a wrapped integer), zeros give zeros.
+    Tensor<float> x({3, k}), y({3, n});
+    x.fill(0.0f);
+    x(0, 40) = NAN;
+    x(1, 7) = INFINITY;
+    for (Index m : {Index(1), Index(3)}) {
+      matmul_nt(x.view().block(0, m, 0, k), stored.view(), y.view().block(0, m, 0, n));
+      for (Index j = 0; j < n; ++j) CHECK(std::isnan(y(0, j)));
+      for (Index i = 1; i < m; ++i)
+        for (Index j = 0; j < n; ++j) CHECK((i == 1 ? std::isnan(y(i, j)) : y(i, j) == 0.0f));
+    }
+    // 40 rows through the packed kernel against the same rows one at a time through the int8 kernel
+    // (the same W x Q8(x), summed in another order: 96 terms of up to 1 in size, so a margin of 2e-5
+    // is a few float roundings of their sum).
+    auto xs = test::random_tensor<float>({40, k}, 13);
+    Tensor<float> many({40, n}), one({1, n});
+    matmul_nt(xs.view(), stored.view(), many.view());
+    for (Index i = 0; i < 40; ++i) {
+      matmul_nt(xs.view().block(i, 1, 0, k), stored.view(), one.view());
+      for (Index j = 0; j < n; ++j) CHECK(one(0, j) == Approx(many(i, j)).epsilon(1e-5).margin(2e-5));
     }
   }
 }

@@ -71,9 +71,19 @@ TEST_CASE("a compressed decoder computes with its decoded weights, in every form
         Tensor<float> head({Index(tokens.size()), packed.config.vocab_size}), want(head.shape());
         packed.logits(x.view(), head.view());
         const CompressedMatrix q = CompressedMatrix::quantize(packed.embed.weight.view(), f);
-        matmul_nt<float>(x.view(), q.dequantize().view(), want.view());
+        // q8/q4 products are W x Q8(x): the head's input goes through its int8 round trip.
+        Tensor<float> xq = x.copy();
+        if (f == WeightFormat::q8 || f == WeightFormat::q4)
+          for (Index r = 0; r < xq.rows(); ++r) act_quant::round_trip(xq.row(r), xq.cols());
+        matmul_nt<float>(xq.view(), q.dequantize().view(), want.view());
         CHECK(test::relative_error<float>(head.view(), want.view()) <= 1e-6);
         CHECK(test::relative_error<float>(head.view(), got.view()) <= 1e-6);
+      } else if (f == WeightFormat::q8 || f == WeightFormat::q4) {
+        // q8/q4 also quantise every product's input to int8 (W x Q8(x)), which an f32 model does
+        // not: on these random tiny weights that moves the logits by about 3-4% (relative). The
+        // wiring is the same compress_weights walk that bf16/f16 pin at 1e-5 below, and the int8
+        // kernel is pinned against W x Q8(x) in test_weights; here a wrong weight (O(1)) is caught.
+        CHECK(test::relative_error<float>(got.view(), all_logits(ref, tokens).view()) <= 0.1);
       } else {
         CHECK(test::relative_error<float>(got.view(), all_logits(ref, tokens).view()) <= 1e-5);
       }
@@ -83,8 +93,13 @@ TEST_CASE("a compressed decoder computes with its decoded weights, in every form
       CHECK(err <= (f == WeightFormat::q4 ? 0.5 : f == WeightFormat::q8 ? 0.05 : f == WeightFormat::bf16 ? 0.02 : 0.005));
       CHECK(err > 0.0);  // the weights did change
       // The invariant on compressed weights: prefill (many-row kernel) == decode (one-row kernel).
-      CHECK(test::relative_error<float>(all_logits(packed, tokens, 1).view(), got.view()) <= 1e-5);
-      CHECK(test::relative_error<float>(all_logits(packed, tokens, 5).view(), got.view()) <= 1e-5);
+      // q8/q4 round each product's input to int8, and prefill's attention differs from decode's in
+      // the last bits, which can move one input to its neighbouring step: measured 0.8-0.9% here on
+      // AVX2 (0 flips, <= 1e-5, on AVX-512); the kernels themselves agree to float rounding on equal
+      // inputs (test_weights), and the bf16/f16 rows pin the prefill/decode wiring at 1e-5.
+      const double same = f == WeightFormat::q8 || f == WeightFormat::q4 ? 0.02 : 1e-5;
+      CHECK(test::relative_error<float>(all_logits(packed, tokens, 1).view(), got.view()) <= same);
+      CHECK(test::relative_error<float>(all_logits(packed, tokens, 5).view(), got.view()) <= same);
     }
   }
 }

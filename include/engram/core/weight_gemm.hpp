@@ -4,6 +4,7 @@
 // dequantise W into the packed panels of the sgemm micro-kernel (core/gemm_kernel.hpp).
 #pragma once
 
+#include "engram/core/activation_quant.hpp"
 #include "engram/core/gemm_kernel.hpp"
 #include "engram/core/weights.hpp"
 
@@ -30,14 +31,15 @@ inline constexpr double kParallelBytes = 256 * 1024;
 struct ScratchTag {};
 
 // y[i][j + r] for i < XR, r < WR over the whole decode steps [0, ks) of x (rows xs[i], padded with
-// zeros to whole blocks) and W; the tail [ks, k) of an unpadded (f32/bf16/f16) row goes scalar. Every
-// output element is the same sequence of operations whatever XR, WR, the thread or the batch size,
-// so results do not depend on how rows are grouped.
+// zeros to whole blocks) and W in f32/bf16/f16; the tail [ks, k) of the (unpadded) row goes scalar.
+// Every output element is the same sequence of operations whatever XR, WR, the thread or the batch
+// size, so results do not depend on how rows are grouped.
 template <WeightFormat F, int XR, int WR>
 inline void tile(const float* const* xs, const WeightView& w, Index j, Index k, float* const* ys, float alpha, float beta) {
+  static_assert(F != WeightFormat::q8 && F != WeightFormat::q4, "q8/q4 rows take tile_int8");
   constexpr Index W = simd::width<float>;
   constexpr Index step = decode::kStep;
-  const Index ks = (F == WeightFormat::q8 || F == WeightFormat::q4) ? (k + step - 1) / step * step : k / step * step;
+  const Index ks = k / step * step;
   const unsigned char* rows[WR];
   for (int r = 0; r < WR; ++r) rows[r] = w.row(j + r);
   // The rows two tiles ahead, prefetched at the bytes this step reads: a compressed row is short
@@ -63,23 +65,11 @@ inline void tile(const float* const* xs, const WeightView& w, Index j, Index k, 
 #pragma GCC unroll 8
     for (int r = 0; r < WR; ++r) {
       Batch wv[kS];
-      const float d = decode::decode_raw<F>(rows[r], c, wv);
-      if constexpr (F == WeightFormat::q8 || F == WeightFormat::q4) {
-        // d (q . x) per block: one scaling FMA per x row instead of a multiply per weight register.
-        const Batch vd(d);
+      decode::decode_raw<F>(rows[r], c, wv);
 #pragma GCC unroll 8
-        for (int i = 0; i < XR; ++i) {
-          Batch p = wv[0] * xv[i][0];
+      for (int i = 0; i < XR; ++i)
 #pragma GCC unroll 4
-          for (int h = 1; h < kS; ++h) p = simd::fmadd(wv[h], xv[i][h], p);
-          acc[i][r] = simd::fmadd(p, vd, acc[i][r]);
-        }
-      } else {
-#pragma GCC unroll 8
-        for (int i = 0; i < XR; ++i)
-#pragma GCC unroll 4
-          for (int h = 0; h < kS; ++h) acc[i][r] = simd::fmadd(wv[h], xv[i][h], acc[i][r]);
-      }
+        for (int h = 0; h < kS; ++h) acc[i][r] = simd::fmadd(wv[h], xv[i][h], acc[i][r]);
     }
   }
   for (int i = 0; i < XR; ++i)
@@ -91,23 +81,48 @@ inline void tile(const float* const* xs, const WeightView& w, Index j, Index k, 
     }
 }
 
+// The same tile for q8/q4 weights against activation rows quantised to int8 (core/activation_quant.hpp):
+// exact integer dot products per block, scaled by both block scales, so no weight becomes a float.
+template <WeightFormat F, int XR, int WR>
+inline void tile_int8(const act_quant::Row* xs, const WeightView& w, Index j, Index k, float* const* ys, float alpha, float beta) {
+  const unsigned char* rows[WR];
+  const unsigned char* next[WR];
+  for (int r = 0; r < WR; ++r) {
+    rows[r] = w.row(j + r);
+    next[r] = j + 2 * WR + r < w.rows ? w.row(j + 2 * WR + r) : rows[r];  // two tiles ahead, as tile() does
+  }
+  act_quant::Acc acc[XR][WR];
+  for (int i = 0; i < XR; ++i)
+    for (int r = 0; r < WR; ++r) acc[i][r] = act_quant::zero();
+  act_quant::dot<F, XR, WR>(xs, rows, next, (k + kQuantBlock - 1) / kQuantBlock, acc);
+  for (int i = 0; i < XR; ++i)
+    for (int r = 0; r < WR; ++r) {
+      const float s = act_quant::reduce(acc[i][r]);
+      float& out = ys[i][j + r];
+      out = beta == 0.0f ? alpha * s : alpha * s + beta * out;
+    }
+}
+
 // Rows [j0, j1) of W against rows xs[0..m) (m <= kMaxRows): for each group of kWRows W-rows, every
 // group of kXRows x-rows, so the W rows are read from memory once and re-read from L1 by the rest of
 // the batch.
-template <WeightFormat F>
-inline void rows_range(const float* const* xs, Index m, const WeightView& w, Index j0, Index j1, Index k, float* const* ys, float alpha,
-                       float beta) {
+template <WeightFormat F, class X>
+inline void rows_range(const X* xs, Index m, const WeightView& w, Index j0, Index j1, Index k, float* const* ys, float alpha, float beta) {
+  const auto run = [&]<int XR, int WR>(Index i0, Index j) {
+    if constexpr (std::is_same_v<X, act_quant::Row>) tile_int8<F, XR, WR>(xs + i0, w, j, k, ys + i0, alpha, beta);
+    else tile<F, XR, WR>(xs + i0, w, j, k, ys + i0, alpha, beta);
+  };
   const auto group = [&]<int WR>(Index j) {
     for (Index i0 = 0; i0 < m; i0 += kXRows) {
       const Index xr = std::min<Index>(kXRows, m - i0);
       if constexpr (kXRows == 4) {
-        if (xr == 4) tile<F, 4, WR>(xs + i0, w, j, k, ys + i0, alpha, beta);
-        else if (xr == 3) tile<F, 3, WR>(xs + i0, w, j, k, ys + i0, alpha, beta);
-        else if (xr == 2) tile<F, 2, WR>(xs + i0, w, j, k, ys + i0, alpha, beta);
-        else tile<F, 1, WR>(xs + i0, w, j, k, ys + i0, alpha, beta);
+        if (xr == 4) run.template operator()<4, WR>(i0, j);
+        else if (xr == 3) run.template operator()<3, WR>(i0, j);
+        else if (xr == 2) run.template operator()<2, WR>(i0, j);
+        else run.template operator()<1, WR>(i0, j);
       } else {
-        if (xr == 2) tile<F, 2, WR>(xs + i0, w, j, k, ys + i0, alpha, beta);
-        else tile<F, 1, WR>(xs + i0, w, j, k, ys + i0, alpha, beta);
+        if (xr == 2) run.template operator()<2, WR>(i0, j);
+        else run.template operator()<1, WR>(i0, j);
       }
     }
   };
@@ -120,34 +135,65 @@ inline void rows_range(const float* const* xs, Index m, const WeightView& w, Ind
 /// threads by rows of W when W holds at least kParallelBytes. Shapes checked by the caller.
 inline void few_rows(ConstView<float> x, const WeightView& w, View<float> y, float alpha, float beta) {
   const Index m = x.rows(), k = w.cols, n = w.rows;
-  const Index kp = (k + kQuantBlock - 1) / kQuantBlock * kQuantBlock;
-  // x rows copied with zeros up to whole blocks: the kernels read full 16-steps, and a view's
-  // padding may hold anything (NaN).
-  float* xbuf = thread_scratch<ScratchTag, 0, float>(m * kp);
-  const float* xs[kMaxRows];
   float* ys[kMaxRows];
-  for (Index i = 0; i < m; ++i) {
-    float* dst = xbuf + i * kp;
-    std::copy_n(x.row(i), k, dst);
-    std::fill(dst + k, dst + kp, 0.0f);
-    xs[i] = dst;
-    ys[i] = y.row(i);
-  }
+  for (Index i = 0; i < m; ++i) ys[i] = y.row(i);
   const int threads = w.bytes() >= kParallelBytes && detail::go_parallel(2) ? num_threads() : 1;
   const Index units = (n + kWRows - 1) / kWRows;
   const Index parts = std::min<Index>(threads, units);
-  decode::dispatch(w.format, [&]<WeightFormat F>() {
+  const auto split = [&]<WeightFormat F, class X>(const X* xs) {
     parallel_for(0, parts, [&](Index t) {
       const Index lo = std::min(n, units * t / parts * kWRows), hi = std::min(n, units * (t + 1) / parts * kWRows);
       rows_range<F>(xs, m, w, lo, hi, k, ys, alpha, beta);
     }, parts > 1);
+  };
+  decode::dispatch(w.format, [&]<WeightFormat F>() {
+    if constexpr (F == WeightFormat::q8 || F == WeightFormat::q4) {
+      // x rows quantised once per product, shared by every thread.
+      const Index blocks = act_quant::padded_blocks(k);
+      std::int8_t* q = thread_scratch<ScratchTag, 2, std::int8_t>(m * blocks * kQuantBlock);
+      float* d = thread_scratch<ScratchTag, 3, float>(m * blocks * act_quant::kLanes);
+      std::int32_t* bias = thread_scratch<ScratchTag, 4, std::int32_t>(m * blocks * act_quant::kLanes);
+      act_quant::Row xs[kMaxRows];
+      for (Index i = 0; i < m; ++i) {
+        std::int8_t* qi = q + i * blocks * kQuantBlock;
+        float* di = d + i * blocks * act_quant::kLanes;
+        std::int32_t* bi = bias + i * blocks * act_quant::kLanes;
+        act_quant::quantise(x.row(i), k, act_quant::offset<F>(), qi, di, bi);
+        xs[i] = {qi, di, bi};
+      }
+      split.template operator()<F>(xs);
+    } else {
+      // x rows copied with zeros up to whole blocks: the kernels read full 16-steps, and a view's
+      // padding may hold anything (NaN).
+      const Index kp = (k + kQuantBlock - 1) / kQuantBlock * kQuantBlock;
+      float* xbuf = thread_scratch<ScratchTag, 0, float>(m * kp);
+      const float* xs[kMaxRows];
+      for (Index i = 0; i < m; ++i) {
+        float* dst = xbuf + i * kp;
+        std::copy_n(x.row(i), k, dst);
+        std::fill(dst + k, dst + kp, 0.0f);
+        xs[i] = dst;
+      }
+      split.template operator()<F>(xs);
+    }
   });
 }
 
 /// The same product for many rows: W dequantised into the packed B panels of the sgemm kernel
-/// (once per block of rows of x), then the register-tiled micro-kernel.
-inline void many_rows(ConstView<float> x, const WeightView& w, View<float> y, float alpha, float beta) {
-  const Index m = x.rows(), n = w.rows, k = w.cols;
+/// (once per block of rows of x), then the register-tiled micro-kernel. For q8/q4 weights x is
+/// first replaced by its int8 round trip, so prefill computes the W x Q8(x) that decode does.
+inline void many_rows(ConstView<float> x_in, const WeightView& w, View<float> y, float alpha, float beta) {
+  const Index m = x_in.rows(), n = w.rows, k = w.cols;
+  ConstView<float> x = x_in;
+  if (w.format == WeightFormat::q8 || w.format == WeightFormat::q4) {
+    float* buf = thread_scratch<ScratchTag, 5, float>(m * k);
+    View<float> xq(buf, m, k, k);
+    for (Index i = 0; i < m; ++i) {
+      std::copy_n(x_in.row(i), k, xq.row(i));
+      act_quant::round_trip(xq.row(i), k);
+    }
+    x = xq;
+  }
   decode::dispatch(w.format, [&]<WeightFormat F>() {
     sgemm::run(
         m, n, k, [&](Index i0, Index mc, Index p0, Index kc, float* out) { sgemm::pack_a(x, false, i0, mc, p0, kc, out); },

@@ -18,7 +18,8 @@
 
 ENGRAM_NAMESPACE_BEGIN
 
-/// How a weight matrix is stored in memory. Products always accumulate in fp32.
+/// How a weight matrix is stored in memory. Products always accumulate in fp32; q8 and q4 products
+/// take their input quantised to int8 blocks (core/activation_quant.hpp), as llama.cpp does.
 ///  - f32: 4 bytes per weight.
 ///  - bf16, f16: 2 bytes per weight (round to nearest even).
 ///  - q8: blocks of 32 weights along a row, one f16 scale d and 32 int8 q, w = d q (34 bytes per
