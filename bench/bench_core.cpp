@@ -112,6 +112,14 @@ void attention_fused(benchmark::State& state) {
   state.counters["threads"] = 1;
 }
 
+// Softmax of a row of scores whose last `masked` entries are the keys after the query's position.
+template <class Row>
+void causal_softmax(Row&& row, Index masked) {
+  row.tail(masked).setConstant(-INFINITY);
+  row = (row.array() - row.maxCoeff()).exp();
+  row /= row.sum();
+}
+
 // Materialises the whole T x T score matrix and masks its upper half after the fact: twice the
 // work of a causal kernel; kept as a reference point, not as the baseline.
 void attention_materialised(benchmark::State& state) {
@@ -122,12 +130,7 @@ void attention_materialised(benchmark::State& state) {
   const float scale = 1.0f / std::sqrt(float(d));
   for (auto _ : state) {
     s.noalias() = (q * scale) * k.transpose();
-    for (Index i = 0; i < t; ++i) {
-      auto row = s.row(i);
-      row.tail(t - i - 1).setConstant(-INFINITY);
-      row = (row.array() - row.maxCoeff()).exp();
-      row /= row.sum();
-    }
+    for (Index i = 0; i < t; ++i) causal_softmax(s.row(i), t - i - 1);
     o.noalias() = s * v;
     benchmark::DoNotOptimize(o.data());
   }
@@ -151,13 +154,7 @@ void attention_blocked(benchmark::State& state) {
       const Index rows = std::min(kBlock, t - i0), keys = i0 + rows;
       auto sb = s.topLeftCorner(rows, keys);
       sb.noalias() = (q.middleRows(i0, rows) * scale) * k.topRows(keys).transpose();
-      for (Index r = 0; r < rows; ++r) {
-        auto row = sb.row(r);
-        const Index last = i0 + r;  // the query's own position: keys after it are masked
-        row.tail(keys - last - 1).setConstant(-INFINITY);
-        row = (row.array() - row.maxCoeff()).exp();
-        row /= row.sum();
-      }
+      for (Index r = 0; r < rows; ++r) causal_softmax(sb.row(r), keys - (i0 + r) - 1);  // keys after query i0 + r
       o.middleRows(i0, rows).noalias() = sb * v.topRows(keys);
     }
     benchmark::DoNotOptimize(o.data());
