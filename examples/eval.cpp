@@ -48,12 +48,12 @@ std::vector<Index> parse_lengths(const std::string& text) {
 }
 
 // The model of a directory: TTT (model_type "ttt") or any Hugging Face decoder engram reads.
-Decoder<float> load_any_decoder(const std::filesystem::path& dir) {
+Decoder<float> load_any_decoder(const std::filesystem::path& dir, const hf::LoadOptions& options) {
   const json::Value cfg = read_json_file(dir / "config.json");
   const json::Value* type = cfg.find("model_type");
   if (cfg.contains("rmt")) cli::usage_error("--model", dir.string() + " is an RMT checkpoint: engram-eval reads RMT models through rmt::load (use --model with an RMT directory once supported)");
-  if (type && type->is_string() && type->as_string() == "ttt") return ttt::load_decoder<float>(dir);
-  return hf::load_decoder<float>(dir);
+  if (type && type->is_string() && type->as_string() == "ttt") return ttt::load_decoder<float>(dir);  // compressed after loading
+  return hf::load_decoder<float>(dir, options);
 }
 
 }  // namespace
@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
         examples::add_weights_option(app, weight_format);
       },
       [&] {
-        Decoder<float> loaded = load_any_decoder(model_dir);
+        Decoder<float> loaded = load_any_decoder(model_dir, examples::load_options(weight_format));
         const std::string weights_line = examples::apply_weights(loaded, weight_format);
         const Decoder<float>& model = loaded;
         std::unique_ptr<namm::NammWeights<float>> weights;

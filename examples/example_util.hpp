@@ -42,12 +42,21 @@ inline CLI::Option* add_weights_option(CLI::App& app, std::string& weights) {
       ->check(CLI::IsMember({"f32", "bf16", "f16", "q8", "q4"}));
 }
 
-/// Applies --weights to a loaded model; returns a line for the report ("weights q8: 12.3 MB per token").
+/// --weights as load options: a bf16/f16 checkpoint's projections then stay in its mapping.
+inline hf::LoadOptions load_options(const std::string& weights) { return {.weights = parse_weight_format(weights.empty() ? "f32" : weights)}; }
+
+/// Applies --weights to a loaded model (nothing when it was loaded that way); returns a line for
+/// the report ("weights q8: 12.3 MB streamed per decoded token").
 inline std::string apply_weights(Decoder<float>& model, const std::string& weights) {
-  model.compress_weights(parse_weight_format(weights.empty() ? "f32" : weights));
-  char line[128];
-  std::snprintf(line, sizeof line, "weights %s: %.2f MB streamed per decoded token", std::string(format_name(model.weight_format())).c_str(),
-                double(model.streamed_weight_bytes()) / 1e6);
+  const WeightFormat format = parse_weight_format(weights.empty() ? "f32" : weights);
+  if (model.weight_format() != format) model.compress_weights(format);
+  std::size_t in_place = 0;
+  model.visit_linears([&](const std::string&, Linear<float>& l) { in_place += l.compressed.in_place() ? l.compressed.bytes() : 0; });
+  char line[160];
+  const int n = std::snprintf(line, sizeof line, "weights %s: %.2f MB streamed per decoded token", std::string(format_name(model.weight_format())).c_str(),
+                              double(model.streamed_weight_bytes()) / 1e6);
+  if (in_place > 0 && n > 0 && std::size_t(n) < sizeof line)
+    std::snprintf(line + n, sizeof line - std::size_t(n), " (%.2f MB of it read in place from the checkpoint's mapping)", double(in_place) / 1e6);
   return line;
 }
 

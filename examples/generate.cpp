@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
           cli::usage_error("--budget", "policy " + policy_name + " needs a budget (tokens, e.g. 2048, or a ratio, e.g. 0.25)");
         sampling.seed = cli::seed();
 
-        auto model = hf::load_decoder<float>(model_dir);
+        auto model = hf::load_decoder<float>(model_dir, examples::load_options(weights));
         const std::string weights_line = examples::apply_weights(model, weights);
         const Index vocab = model.config.vocab_size;
         std::string why;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <utility>
 #include <map>
 #include <string>
 #include <vector>
@@ -73,6 +74,12 @@ class Checkpoint {
     return file_of(name).template read<T>(name);
   }
   const std::vector<safetensors::File>& files() const { return files_; }
+  /// Tensor `name`'s stored bytes (little-endian, in its dtype) in its shard's mapping, and what
+  /// keeps them alive.
+  std::pair<std::span<const unsigned char>, std::shared_ptr<const void>> raw(const std::string& name) const {
+    const safetensors::File& f = file_of(name);
+    return {f.bytes(f.info(name)), f.owner()};
+  }
 
  private:
   const safetensors::File& file_of(const std::string& name) const {

@@ -2,10 +2,14 @@
 // loading a Decoder from a directory of config.json + safetensors with HF tensor names.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <limits>
+#include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -171,6 +175,42 @@ class WeightBinder {
   /// Copies tensor `name` into a contiguous slice [offset, offset + numel) of a rank-1 tensor.
   void into(const std::string& name, std::vector<std::int64_t> shape, Tensor<T>& dst) { rows_into(name, std::move(shape), dst); }
 
+  /// Keeps the Linear weights stored in `format`'s dtype (bf16: BF16 tensors, f16: F16) where they
+  /// are, in the checkpoint's mapping: linear_rows then records their rows instead of converting.
+  void keep_in_place(WeightFormat format) {
+    check(format == WeightFormat::bf16 || format == WeightFormat::f16, source_, "weights used in place are bf16 or f16, not ",
+          format_name(format));
+    in_place_ = format;
+  }
+
+  /// Tensor `name` [shape] as rows [row0, row0 + shape[0]) of `dst`'s weight. In place (see
+  /// keep_in_place) when the tensor has the kept dtype and is not transposed: its rows are pointers
+  /// into the mapping, checked finite but not converted; otherwise as rows_into.
+  void linear_rows(const std::string& name, std::vector<std::int64_t> shape, Linear<T>& dst, Index row0 = 0, bool transpose = false) {
+    if (transpose || !kept_in_place(name, shape)) return rows_into(name, std::move(shape), dst.weight, row0, transpose);
+    if (!fetch(name, shape) || !finite_in_place(name)) return;
+    const auto [bytes, owner] = ck_.raw(name);
+    Pending& p = pending_[&dst];
+    p.rows.resize(std::size_t(dst.weight.rows()), nullptr);
+    for (Index r = 0; r < Index(shape[0]); ++r) p.rows[std::size_t(row0 + r)] = bytes.data() + 2 * r * Index(shape[1]);
+    p.owners.push_back(owner);
+  }
+
+  /// A tied LM head: with keep_in_place and the embedding `name` (bound by rows_into, so already
+  /// checked) stored in the kept dtype, the head's products read the embedding's rows in place.
+  void tied_head(const std::string& name, Decoder<T>& m) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (!ck_.contains(name) || !kept_in_place(name, ck_.shape(name))) return;
+      const auto [bytes, owner] = ck_.raw(name);
+      const Index rows = Index(ck_.shape(name)[0]), cols = Index(ck_.shape(name)[1]);
+      std::vector<const unsigned char*> at(static_cast<std::size_t>(rows));
+      for (Index r = 0; r < rows; ++r) at[std::size_t(r)] = bytes.data() + 2 * r * cols;
+      tied_head_ = [&m, cm = std::make_shared<CompressedMatrix>(CompressedMatrix::external(in_place_, cols, std::move(at), owner))] {
+        m.adopt_tied_head(std::move(*cm));
+      };
+    }
+  }
+
   /// Marks names that may appear and are ignored (buffers, tied copies).
   void ignore_if(std::function<bool(const std::string&)> pred) { ignore_.push_back(std::move(pred)); }
 
@@ -182,11 +222,29 @@ class WeightBinder {
       for (const auto& p : ignore_) ignored = ignored || p(n);
       if (!ignored) problems_.push_back("unexpected tensor " + n + " " + shape_str(ck_.shape(n)));
     }
-    if (problems_.empty()) return;
-    std::ostringstream msg;
-    msg << problems_.size() << " problem(s) with the checkpoint tensors:";
-    for (const auto& p : problems_) msg << "\n  " << p;
-    fail(source_, msg.str());
+    if (!problems_.empty()) {
+      std::ostringstream msg;
+      msg << problems_.size() << " problem(s) with the checkpoint tensors:";
+      for (const auto& p : problems_) msg << "\n  " << p;
+      fail(source_, msg.str());
+    }
+    // Linears bound in place: wholly (every row in the mapping) they keep those rows; partly (a fused
+    // projection whose parts have different dtypes) the mapped rows are converted into the f32 weight.
+    if constexpr (std::is_same_v<T, float>)
+      for (auto& [lin, p] : pending_) {
+        const bool whole = std::all_of(p.rows.begin(), p.rows.end(), [](const unsigned char* r) { return r != nullptr; });
+        const Index cols = lin->weight.cols();
+        if (whole) {
+          auto owners = std::make_shared<const std::vector<std::shared_ptr<const void>>>(std::move(p.owners));
+          lin->adopt(CompressedMatrix::external(in_place_, cols, std::move(p.rows), owners));
+          continue;
+        }
+        for (std::size_t r = 0; r < p.rows.size(); ++r)
+          if (p.rows[r])
+            for (Index c = 0; c < cols; ++c) lin->weight(Index(r), c) = decode_weight(in_place_, p.rows[r], c);
+      }
+    pending_.clear();
+    if (tied_head_) tied_head_();
   }
 
  private:
@@ -194,6 +252,27 @@ class WeightBinder {
     std::string out = "[";
     for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
     return out + "]";
+  }
+  // Whether tensor `name` [shape] is a matrix in the dtype keep_in_place asked for.
+  bool kept_in_place(const std::string& name, const std::vector<std::int64_t>& shape) const {
+    const safetensors::DType kept = in_place_ == WeightFormat::bf16 ? safetensors::DType::BF16 : safetensors::DType::F16;
+    return std::is_same_v<T, float> && in_place_ != WeightFormat::f32 && shape.size() == 2 && ck_.contains(name) && ck_.info(name).dtype == kept;
+  }
+  // finite() for a tensor kept in place: every stored value decoded and checked, none converted.
+  bool finite_in_place(const std::string& name) {
+    const auto bytes = ck_.raw(name).first;
+    for (std::size_t i = 0; 2 * i < bytes.size(); ++i) {
+      std::uint16_t h;
+      std::memcpy(&h, bytes.data() + 2 * i, 2);
+      const float v = in_place_ == WeightFormat::bf16 ? bf16_to_float(h) : half_to_float(h);
+      if (!std::isfinite(v)) {
+        std::ostringstream at;
+        at << "tensor " << name << " holds a non-finite value (" << v << ") at element " << i;
+        problems_.push_back(at.str());
+        return false;
+      }
+    }
+    return true;
   }
   // Every weight is finite (NaN/Inf policy: checked once, at load): a problem otherwise.
   bool finite(const std::string& name, const Tensor<T>& t) {
@@ -224,8 +303,15 @@ class WeightBinder {
     }
     return true;
   }
+  struct Pending {  // a Linear's rows in the mapping (null: bound from a tensor of another dtype)
+    std::vector<const unsigned char*> rows;
+    std::vector<std::shared_ptr<const void>> owners;
+  };
   const Checkpoint& ck_;
   std::string source_;
+  WeightFormat in_place_ = WeightFormat::f32;
+  std::map<Linear<T>*, Pending> pending_;
+  std::function<void()> tied_head_;  // adopts the tied head's rows in place once every check passed
   std::vector<std::string> problems_;
   std::set<std::string> used_;
   std::vector<std::function<bool(const std::string&)>> ignore_;
@@ -250,25 +336,26 @@ void bind_llama(Binder& b, Decoder<T>& m) {
   const ModelConfig& c = m.config;
   const std::int64_t C = c.d_model, H = c.n_heads, K = c.n_kv_heads, D = c.head_dim, F = c.d_ff;
   b.rows_into("model.embed_tokens.weight", {c.vocab_size, C}, m.embed.weight);
+  if (c.tie_embeddings) b.tied_head("model.embed_tokens.weight", m);
   for (Index l = 0; l < c.n_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     auto& attn = static_cast<SelfAttention<T>&>(*m.blocks[l].branches[0].layer);
     auto& mlp = static_cast<Mlp<T>&>(*m.blocks[l].branches[1].layer);
     b.rows_into(p + "input_layernorm.weight", {C}, m.blocks[l].branches[0].norm.weight);
-    b.rows_into(p + "self_attn.q_proj.weight", {H * D, C}, attn.qkv.weight, 0);
-    b.rows_into(p + "self_attn.k_proj.weight", {K * D, C}, attn.qkv.weight, H * D);
-    b.rows_into(p + "self_attn.v_proj.weight", {K * D, C}, attn.qkv.weight, (H + K) * D);
+    b.linear_rows(p + "self_attn.q_proj.weight", {H * D, C}, attn.qkv, 0);
+    b.linear_rows(p + "self_attn.k_proj.weight", {K * D, C}, attn.qkv, H * D);
+    b.linear_rows(p + "self_attn.v_proj.weight", {K * D, C}, attn.qkv, (H + K) * D);
     if (c.qkv_bias) {
       b.rows_into(p + "self_attn.q_proj.bias", {H * D}, attn.qkv.bias, 0);
       b.rows_into(p + "self_attn.k_proj.bias", {K * D}, attn.qkv.bias, H * D);
       b.rows_into(p + "self_attn.v_proj.bias", {K * D}, attn.qkv.bias, (H + K) * D);
     }
-    b.rows_into(p + "self_attn.o_proj.weight", {C, H * D}, attn.out.weight);
+    b.linear_rows(p + "self_attn.o_proj.weight", {C, H * D}, attn.out);
     if (c.out_bias) b.rows_into(p + "self_attn.o_proj.bias", {C}, attn.out.bias);
     b.rows_into(p + "post_attention_layernorm.weight", {C}, m.blocks[l].branches[1].norm.weight);
-    b.rows_into(p + "mlp.gate_proj.weight", {F, C}, mlp.up.weight, 0);
-    b.rows_into(p + "mlp.up_proj.weight", {F, C}, mlp.up.weight, F);
-    b.rows_into(p + "mlp.down_proj.weight", {C, F}, mlp.down.weight);
+    b.linear_rows(p + "mlp.gate_proj.weight", {F, C}, mlp.up, 0);
+    b.linear_rows(p + "mlp.up_proj.weight", {F, C}, mlp.up, F);
+    b.linear_rows(p + "mlp.down_proj.weight", {C, F}, mlp.down);
     if (c.mlp_bias) {
       b.rows_into(p + "mlp.gate_proj.bias", {F}, mlp.up.bias, 0);
       b.rows_into(p + "mlp.up_proj.bias", {F}, mlp.up.bias, F);
@@ -276,7 +363,7 @@ void bind_llama(Binder& b, Decoder<T>& m) {
     }
   }
   b.rows_into("model.norm.weight", {C}, m.final_norm.weight);
-  if (!c.tie_embeddings) b.rows_into("lm_head.weight", {c.vocab_size, C}, m.lm_head.weight);
+  if (!c.tie_embeddings) b.linear_rows("lm_head.weight", {c.vocab_size, C}, m.lm_head);
   b.ignore_if([&](const std::string& n) { return ends_with(n, "rotary_emb.inv_freq") || (c.tie_embeddings && n == "lm_head.weight"); });
 }
 
@@ -291,6 +378,7 @@ void bind_gpt2(Binder& b, Decoder<T>& m, const std::string& p) {
   const ModelConfig& c = m.config;
   const std::int64_t C = c.d_model, F = c.d_ff;
   b.rows_into(p + "wte.weight", {c.vocab_size, C}, m.embed.weight);
+  if (c.tie_embeddings) b.tied_head(p + "wte.weight", m);
   b.rows_into(p + "wpe.weight", {c.max_positions, C}, m.position_table);
   for (Index l = 0; l < c.n_layers; ++l) {
     const std::string h = p + "h." + std::to_string(l) + ".";
@@ -364,37 +452,51 @@ using ExtraTensors = std::function<void(WeightBinder<T>&, Model<T>&)>;
 /// What load_model(dir) below does after reading the directory: `cfg` is its parsed config.json, `ck` its
 /// open checkpoint, `source` its name in errors (config errors name source/config.json). The config
 /// is validated and the size budget checked before anything is allocated.
+/// How load_model stores what it loads.
+struct LoadOptions {
+  /// Storage of every Linear and of the LM head (as Decoder::compress_weights): f32; bf16 or f16,
+  /// where the checkpoint's BF16 resp. F16 projection tensors are used in place (rows in the file's
+  /// memory mapping, no conversion, no copy; tensors of other dtypes and GPT-2's transposed Conv1D
+  /// weights are converted); q8 or q4, quantised on load. Anything but f32 needs T = float.
+  WeightFormat weights = WeightFormat::f32;
+};
+
 template <class T>
-Model<T> load_model(const json::Value& cfg, const Checkpoint& ck, const std::string& source, const ExtraTensors<T>& extra = {}) {
+Model<T> load_model(const json::Value& cfg, const Checkpoint& ck, const std::string& source, const ExtraTensors<T>& extra = {},
+                    const LoadOptions& options = {}) {
   const std::string config_source = (std::filesystem::path(source) / "config.json").string();
   const ModelConfig config = config_from_json(cfg, config_source);
   io::check_model_size(model_size<T>(config), &ck, config_source);
   Model<T> model{Decoder<T>::create(config), {}};
   WeightBinder<T> b(ck, source);
+  if (std::is_same_v<T, float> && (options.weights == WeightFormat::bf16 || options.weights == WeightFormat::f16)) b.keep_in_place(options.weights);
   const std::string& arch = model.decoder.config.architecture;
   if (arch == "gpt2") detail::bind_gpt2(b, model.decoder, ck.contains("transformer.wte.weight") ? "transformer." : "");
   else if (arch == "bert") detail::bind_bert(b, model.decoder, model.classifier, ck.contains("bert.embeddings.word_embeddings.weight") ? "bert." : "");
   else detail::bind_llama(b, model.decoder);
   if (extra) extra(b, model);
   b.finish();
+  model.decoder.compress_weights(options.weights);  // the Linears bound in place keep their rows
   return model;
 }
 
 /// Loads config.json and the safetensors weights (single file or sharded) of a Llama-family,
-/// GPT-2 or BERT checkpoint directory. Weights in F32, F16 or BF16 are converted to T. A
+/// GPT-2 or BERT checkpoint directory. Weights in F32, F16 or BF16 are converted to T (or kept in
+/// place, or quantised: LoadOptions::weights). A
 /// checkpoint whose tensors do not match the config throws one Error that names every missing,
 /// unexpected or mis-shaped tensor (or non-finite: every weight is checked). `extra` (optional)
 /// binds tensors beyond the architecture's.
 template <class T>
-Model<T> load_model(const std::filesystem::path& dir, const ExtraTensors<T>& extra = {}) {
+Model<T> load_model(const std::filesystem::path& dir, const ExtraTensors<T>& extra = {}, const LoadOptions& options = {}) {
   const json::Value cfg = read_json_file(dir / "config.json");
-  return load_model<T>(cfg, Checkpoint::open(dir), dir.string(), extra);
+  return load_model<T>(cfg, Checkpoint::open(dir), dir.string(), extra, options);
 }
 
-/// load_model(dir).decoder.
+/// load_model(dir).decoder; e.g. load_decoder<float>(dir, {.weights = WeightFormat::bf16}) keeps a
+/// bf16 checkpoint's projections in its memory mapping.
 template <class T>
-Decoder<T> load_decoder(const std::filesystem::path& dir) {
-  return std::move(load_model<T>(dir).decoder);
+Decoder<T> load_decoder(const std::filesystem::path& dir, const LoadOptions& options = {}) {
+  return std::move(load_model<T>(dir, {}, options).decoder);
 }
 
 }  // namespace hf

@@ -46,6 +46,13 @@ class WeightExporter {
     out_.add(name, t, dtype_, shape);
   }
   void into(const std::string& name, std::vector<std::int64_t> shape, const Tensor<T>& src) { rows_into(name, std::move(shape), src); }
+  /// A Linear's weight rows (WeightBinder::linear_rows' counterpart; export_weights refuses a
+  /// compressed model before any is written).
+  void linear_rows(const std::string& name, std::vector<std::int64_t> shape, const Linear<T>& src, Index row0 = 0, bool transpose = false) {
+    rows_into(name, std::move(shape), src.weight, row0, transpose);
+  }
+  /// Nothing to write for a tied head (WeightBinder::tied_head's counterpart).
+  void tied_head(const std::string&, const Decoder<T>&) {}
 
  private:
   safetensors::Writer& out_;

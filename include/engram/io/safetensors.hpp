@@ -149,6 +149,8 @@ class File {
   std::span<const unsigned char> bytes(const TensorInfo& t) const {
     return {bytes_->data() + data_start_ + t.begin, std::size_t(t.end - t.begin)};
   }
+  /// What keeps bytes() alive (the file's mapping): hold it to use a tensor's bytes in place.
+  std::shared_ptr<const void> owner() const { return bytes_; }
 
   /// Reads a tensor converted to T (float types: from F32, F16, BF16, F64; integer T: from any integer
   /// dtype or BOOL). The tensor keeps its shape (rank <= 4); a rank-0 tensor has one element.

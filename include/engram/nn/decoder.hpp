@@ -120,9 +120,21 @@ class Decoder {
       fail("Decoder", "compressed weights (", format_name(format), ") need a float model, this one computes in double");
     } else {
       visit_linears([&](const std::string& name, Linear<T>& lin) { lin.compress(format, name + ".weight"); });
-      if (lm_head.compressed.empty()) tied_head_ = CompressedMatrix::quantize(embed.weight.view(), format, "the tied LM head (embed.weight)");
+      const bool adopted = tied_head_.in_place() && tied_head_.format() == format;  // adopt_tied_head
+      if (lm_head.compressed.empty() && !adopted) tied_head_ = CompressedMatrix::quantize(embed.weight.view(), format, "the tied LM head (embed.weight)");
       weight_format_ = format;
     }
+  }
+  /// Gives a tied LM head the rows `m` ([vocab, d]: the embedding as a mapped checkpoint stores it,
+  /// CompressedMatrix::external) for its products, so compress_weights(m's format) makes no copy;
+  /// the lookup keeps the f32 embedding.
+  void adopt_tied_head(CompressedMatrix m) {
+    check(config.tie_embeddings && lm_head.weight.empty() && lm_head.compressed.empty(), "Decoder::adopt_tied_head", "the LM head is not tied");
+    check(weight_format_ == WeightFormat::f32 && tied_head_.empty(), "Decoder::adopt_tied_head", "the weights are already stored as ",
+          format_name(weight_format_));
+    check(m.rows() == embed.weight.rows() && m.cols() == embed.weight.cols(), "Decoder::adopt_tied_head", "expected [", embed.weight.rows(),
+          ", ", embed.weight.cols(), "] rows, got [", m.rows(), ", ", m.cols(), "]");
+    tied_head_ = std::move(m);
   }
   /// How the Linears are stored (f32 until compress_weights).
   WeightFormat weight_format() const { return weight_format_; }

@@ -36,12 +36,27 @@ struct Linear {
   /// the format cannot hold).
   void compress(WeightFormat format, std::string_view name = "weight") {
     if (format == WeightFormat::f32) return;
+    if (compressed.in_place() && compressed.format() == format) return;  // adopted rows of a mapped checkpoint
     check(compressed.empty(), "Linear", name, " is already stored as ", format_name(this->format()));
     if constexpr (std::is_same_v<T, float>) {
       compressed = CompressedMatrix::quantize(weight.view(), format, name);
       weight = Tensor<T>();
     } else {
       fail("Linear", name, ": compressed weights (", format_name(format), ") need float layers, this one computes in double");
+    }
+  }
+
+  /// Uses `m` ([out, in], e.g. a mapped checkpoint's bf16 rows, CompressedMatrix::external) as the
+  /// weight and frees the f32 copy; a later compress() to m's format keeps it.
+  void adopt(CompressedMatrix m, std::string_view name = "weight") {
+    check(compressed.empty(), "Linear", name, " is already stored as ", format_name(format()));
+    check(m.rows() == out() && m.cols() == in(), "Linear", name, ": expected a [", out(), ", ", in(), "] weight, got [", m.rows(), ", ",
+          m.cols(), "]");
+    if constexpr (std::is_same_v<T, float>) {
+      compressed = std::move(m);
+      weight = Tensor<T>();
+    } else {
+      fail("Linear", name, ": compressed weights (", format_name(m.format()), ") need float layers, this one computes in double");
     }
   }
 
