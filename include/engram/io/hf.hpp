@@ -205,9 +205,8 @@ class WeightBinder {
       const Index rows = Index(ck_.shape(name)[0]), cols = Index(ck_.shape(name)[1]);
       std::vector<const unsigned char*> at(static_cast<std::size_t>(rows));
       for (Index r = 0; r < rows; ++r) at[std::size_t(r)] = bytes.data() + 2 * r * cols;
-      tied_head_ = [&m, cm = std::make_shared<CompressedMatrix>(CompressedMatrix::external(in_place_, cols, std::move(at), owner))] {
-        m.adopt_tied_head(std::move(*cm));
-      };
+      tied_rows_ = CompressedMatrix::external(in_place_, cols, std::move(at), owner);
+      tied_to_ = &m;
     }
   }
 
@@ -244,7 +243,8 @@ class WeightBinder {
             for (Index c = 0; c < cols; ++c) lin->weight(Index(r), c) = decode_weight(in_place_, p.rows[r], c);
       }
     pending_.clear();
-    if (tied_head_) tied_head_();
+    if (tied_to_) tied_to_->adopt_tied_head(std::move(tied_rows_));
+    tied_to_ = nullptr;
   }
 
  private:
@@ -252,6 +252,13 @@ class WeightBinder {
     std::string out = "[";
     for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
     return out + "]";
+  }
+  // Records the problem; false.
+  bool non_finite(const std::string& name, double value, Index element) {
+    std::ostringstream at;
+    at << "tensor " << name << " holds a non-finite value (" << value << ") at element " << element;
+    problems_.push_back(at.str());
+    return false;
   }
   // Whether tensor `name` [shape] is a matrix in the dtype keep_in_place asked for.
   bool kept_in_place(const std::string& name, const std::vector<std::int64_t>& shape) const {
@@ -265,12 +272,7 @@ class WeightBinder {
       std::uint16_t h;
       std::memcpy(&h, bytes.data() + 2 * i, 2);
       const float v = in_place_ == WeightFormat::bf16 ? bf16_to_float(h) : half_to_float(h);
-      if (!std::isfinite(v)) {
-        std::ostringstream at;
-        at << "tensor " << name << " holds a non-finite value (" << v << ") at element " << i;
-        problems_.push_back(at.str());
-        return false;
-      }
+      if (!std::isfinite(v)) return non_finite(name, v, Index(i));
     }
     return true;
   }
@@ -282,12 +284,7 @@ class WeightBinder {
       for (Index c = 0; c < t.cols(); ++c) ok &= std::isfinite(row[c]);
       if (ok) continue;
       for (Index c = 0; c < t.cols(); ++c)
-        if (!std::isfinite(row[c])) {
-          std::ostringstream at;
-          at << "tensor " << name << " holds a non-finite value (" << row[c] << ") at element " << r * t.cols() + c;
-          problems_.push_back(at.str());
-          return false;
-        }
+        if (!std::isfinite(row[c])) return non_finite(name, double(row[c]), r * t.cols() + c);
     }
     return true;
   }
@@ -311,7 +308,8 @@ class WeightBinder {
   std::string source_;
   WeightFormat in_place_ = WeightFormat::f32;
   std::map<Linear<T>*, Pending> pending_;
-  std::function<void()> tied_head_;  // adopts the tied head's rows in place once every check passed
+  Decoder<T>* tied_to_ = nullptr;  // adopts tied_rows_ as its tied head once every check passed
+  CompressedMatrix tied_rows_;
   std::vector<std::string> problems_;
   std::set<std::string> used_;
   std::vector<std::function<bool(const std::string&)>> ignore_;
