@@ -46,6 +46,25 @@ TEST_CASE("Tensor::mat selects one matrix of a rank-3 tensor", "[tensor]") {
   CHECK_THROWS_AS(m.mat(0), Error);
 }
 
+TEST_CASE("lazily zeroed tensors read as zeros, hold what is written, and move and copy like any", "[tensor]") {
+  // 600 x 600 floats (1.4 MiB: an anonymous mapping) and 10 x 10 (the heap).
+  for (Index n : {Index(600), Index(10)}) {
+    Tensor<float> t = Tensor<float>::lazily_zeroed({n, n});
+    CHECK(reinterpret_cast<std::uintptr_t>(t.data()) % kAlignment == 0);
+    bool zeros = true;
+    for (Index r = 0; r < n; ++r)
+      for (Index c = 0; c < t.stride(); ++c) zeros = zeros && t.row(r)[c] == 0.0f;  // padding included
+    CHECK(zeros);
+    t(n - 1, n - 1) = 3.0f;
+    Tensor<float> moved = std::move(t);
+    CHECK(moved(n - 1, n - 1) == 3.0f);
+    const Tensor<float> copy = moved.copy();
+    moved = Tensor<float>({2, 2});  // the mapping is released here
+    CHECK(copy(n - 1, n - 1) == 3.0f);
+    CHECK(copy(0, 0) == 0.0f);
+  }
+}
+
 TEST_CASE("Tensor copies are explicit and deep", "[tensor]") {
   auto a = test::random_tensor<float>({4, 9}, 1);
   Tensor<float> b = a.copy();

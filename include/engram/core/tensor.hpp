@@ -14,6 +14,8 @@
 #include <ostream>
 #include <type_traits>
 
+#include <sys/mman.h>
+
 #include "engram/core/config.hpp"
 #include "engram/core/error.hpp"
 
@@ -170,6 +172,14 @@ namespace detail {
 struct AlignedDelete {
   void operator()(void* p) const { ::operator delete(p, std::align_val_t(kAlignment)); }
 };
+/// A Tensor's storage: from operator new (mapped == 0) or an anonymous mapping of `mapped` bytes.
+struct StorageDelete {
+  std::size_t mapped = 0;
+  void operator()(void* p) const {
+    if (mapped) ::munmap(p, mapped);
+    else ::operator delete(p, std::align_val_t(kAlignment));
+  }
+};
 }  // namespace detail
 
 /// Owning tensor: row-major, 64-byte aligned, the last dimension padded to kPadElems<T> elements
@@ -186,6 +196,14 @@ class Tensor {
   Tensor() = default;
   /// Zero-filled tensor of the given shape.
   explicit Tensor(const Shape& shape) { allocate(shape); }
+  /// A zero tensor whose memory, from 1 MiB up, is an anonymous mapping: the kernel's zero pages
+  /// back it until it is written, so one that is replaced before use never becomes resident (a
+  /// model's weights built before a loader keeps the checkpoint's rows in place instead).
+  static Tensor lazily_zeroed(const Shape& shape) {
+    Tensor t;
+    t.allocate(shape, true);
+    return t;
+  }
   Tensor(std::initializer_list<Index> dims) : Tensor(Shape(dims)) {}
 
   Tensor(Tensor&&) noexcept = default;
@@ -311,13 +329,24 @@ class Tensor {
 
   // Zeroed storage for `rows` rows of `stride` elements. A byte count that overflows, or that the
   // allocator refuses, is an Error naming the size (never a tensor without storage, nor bad_alloc).
-  static std::unique_ptr<T[], detail::AlignedDelete> allocate_storage(Index rows, Index stride) {
+  // Storage for rows x stride elements, zero-filled; `lazy`: large sizes from an anonymous mapping
+  // (zero pages until written) instead of being written with zeros.
+  static std::unique_ptr<T[], detail::StorageDelete> allocate_storage(Index rows, Index stride, bool lazy = false) {
     Index n = 0;
     std::size_t bytes = 0;
     if (__builtin_mul_overflow(rows, stride, &n) || __builtin_mul_overflow(std::size_t(std::max<Index>(n, 0)), sizeof(T), &bytes) ||
         bytes > std::size_t(std::numeric_limits<Index>::max()))
       fail("Tensor", "storage for ", rows, " rows of ", stride, " elements of ", sizeof(T), " bytes overflows");
     if (n <= 0) return nullptr;
+    constexpr std::size_t kLazyBytes = 1 << 20;  // below a MiB the mapping's page rounding and system call cost more than zeroing
+#if defined(__SANITIZE_ADDRESS__)
+    lazy = false;  // AddressSanitizer guards heap blocks, not mappings: keep its checks on every tensor
+#endif
+    if (lazy && bytes >= kLazyBytes) {
+      void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (m == MAP_FAILED) fail("Tensor", "cannot map ", bytes, " bytes (", rows, " rows of ", stride, " elements): out of memory");
+      return std::unique_ptr<T[], detail::StorageDelete>(static_cast<T*>(m), detail::StorageDelete{bytes});  // page-aligned
+    }
     void* p = nullptr;
     try {
       p = ::operator new(bytes, std::align_val_t(kAlignment));
@@ -325,14 +354,14 @@ class Tensor {
       fail("Tensor", "cannot allocate ", bytes, " bytes (", rows, " rows of ", stride, " elements): out of memory");
     }
     std::memset(p, 0, bytes);
-    return std::unique_ptr<T[], detail::AlignedDelete>(static_cast<T*>(p));
+    return std::unique_ptr<T[], detail::StorageDelete>(static_cast<T*>(p));
   }
   static Index checked_stride(Index cols) {
     check(cols <= std::numeric_limits<Index>::max() - kPadElems<T>, "Tensor", "a row of ", cols, " elements overflows");
     return padded_cols<T>(cols);
   }
-  void allocate(const Shape& shape) {
-    auto storage = allocate_storage(shape.rows(), checked_stride(shape.cols()));
+  void allocate(const Shape& shape, bool lazy = false) {
+    auto storage = allocate_storage(shape.rows(), checked_stride(shape.cols()), lazy);
     shape_ = shape;
     stride_ = padded_cols<T>(shape.cols());
     capacity_rows_ = shape.rows();
@@ -349,7 +378,7 @@ class Tensor {
   Shape shape_{0};
   Index stride_ = 0;
   Index capacity_rows_ = 0;
-  std::unique_ptr<T[], detail::AlignedDelete> data_;
+  std::unique_ptr<T[], detail::StorageDelete> data_;
 };
 
 /// Throws unless `v` is [rows, cols] (a negative expected value matches anything).

@@ -20,7 +20,10 @@ struct Linear {
   CompressedMatrix compressed;
 
   Linear() = default;
-  Linear(Index in, Index out, bool with_bias) : weight({out, in}), bias(with_bias ? Tensor<T>({out}) : Tensor<T>()) {}
+  /// A zero weight (lazily zeroed: a loader that keeps a checkpoint's rows in place, hf::LoadOptions,
+  /// never makes it resident) and bias.
+  Linear(Index in, Index out, bool with_bias)
+      : weight(Tensor<T>::lazily_zeroed({out, in})), bias(with_bias ? Tensor<T>({out}) : Tensor<T>()) {}
 
   Index in() const { return compressed.empty() ? weight.cols() : compressed.cols(); }
   Index out() const { return compressed.empty() ? weight.rows() : compressed.rows(); }
