@@ -3,13 +3,18 @@
 // and 1024 on 1 and 2 threads (bound: the bytes that format reads per token, weights and KV cache,
 // at the triad bandwidth of as many threads), batched decode of 8 sequences against the same 8
 // decoded one after another, prefill against the GEMM rate measured here, and full
-// attention's growth (prefill time, decode time per token, KV bytes) from 1k to 16k.
+// attention's growth (prefill time, decode time per token, KV bytes) from 1k to 16k, and loading a
+// BF16 checkpoint as bf16 in place against converting it.
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
 
 #include "bench_util.hpp"
+#include "engram/io/hf.hpp"
+#include "engram/io/hf_save.hpp"
 #include "engram/nn/decoder.hpp"
 #include "engram/nn/init.hpp"
 
@@ -274,6 +279,42 @@ void growth_decode(benchmark::State& state) {
   state.counters["KV_MiB"] = double(s.bytes()) / (1 << 20);
 }
 
+/// The 110M model saved as a BF16 checkpoint (219 MB) in a temporary directory, removed at exit.
+const std::filesystem::path& bf16_checkpoint() {
+  struct Dir {
+    std::filesystem::path path = std::filesystem::temp_directory_path() / ("engram_bench_bf16_" + std::to_string(::getpid()));
+    Dir() { hf::save_decoder<float>(model_110m(), path, nullptr, safetensors::DType::BF16); }
+    ~Dir() { std::filesystem::remove_all(path); }
+  };
+  static const Dir dir;
+  return dir.path;
+}
+
+/// This process's private resident memory in MB (RssAnon: not the page cache behind a mapping).
+double private_mb() {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("RssAnon:", 0) == 0) return std::stod(line.substr(8)) / 1e3;
+  return 0;
+}
+
+// Loading the BF16 checkpoint as bf16: in place (hf::LoadOptions::weights: the projections and the
+// tied head stay in the file's mapping) against the baseline of converting every tensor to f32 and
+// compressing to bf16; private memory the loaded model adds.
+void load_bf16(benchmark::State& state, bool in_place) {
+  set_num_threads(1);
+  const std::filesystem::path& dir = bf16_checkpoint();
+  double mb = 0;
+  for (auto _ : state) {
+    const double before = private_mb();  // the random model the checkpoint was saved from stays resident
+    Decoder<float> m = in_place ? hf::load_decoder<float>(dir, {.weights = WeightFormat::bf16}) : hf::load_decoder<float>(dir);
+    if (!in_place) m.compress_weights(WeightFormat::bf16);
+    mb = private_mb() - before;
+    benchmark::DoNotOptimize(&m);
+  }
+  state.counters["private_MB"] = mb;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -295,6 +336,8 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark((family + ":engram").c_str(), decode_batch<true>, f)->Arg(8)->Unit(benchmark::kMillisecond)->Iterations(32)->UseRealTime();
     benchmark::RegisterBenchmark((family + ":baseline").c_str(), decode_batch<false>, f)->Arg(8)->Unit(benchmark::kMillisecond)->Iterations(8)->UseRealTime();
   }
+  benchmark::RegisterBenchmark("load_bf16:engram", load_bf16, true)->Unit(benchmark::kMillisecond)->Iterations(5);
+  benchmark::RegisterBenchmark("load_bf16:baseline", load_bf16, false)->Unit(benchmark::kMillisecond)->Iterations(5);
   benchmark::RegisterBenchmark("prefill:engram", prefill_engram)->Arg(2048)->Unit(benchmark::kMillisecond)->Iterations(2);
   benchmark::RegisterBenchmark("prefill:baseline", prefill_gemm_rate)->Arg(2048)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3);
   for (Index t : {1024, 2048, 4096, 8192, 16384}) {
