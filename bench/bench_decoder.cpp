@@ -44,47 +44,6 @@ std::vector<std::int32_t> tokens(Index n, Index vocab) {
 
 double param_bytes(const Decoder<float>& m) { return double(m.n_params()) * sizeof(float); }
 
-// STREAM triad a = b + s c on one thread; returns bytes/s with the STREAM convention (3 arrays).
-double triad_bandwidth() {
-  constexpr std::size_t n = std::size_t(1) << 24;  // 64 MiB per array: far beyond the caches
-  static std::vector<float> a(n, 1.f), b(n, 2.f), c(n, 3.f);
-  double best = 0;
-  for (int rep = 0; rep < 3; ++rep) {
-    const auto t0 = Clock::now();
-    float* pa = a.data();
-    const float* pb = b.data();
-    const float* pc = c.data();
-    for (std::size_t i = 0; i < n; ++i) pa[i] = pb[i] + 0.5f * pc[i];
-    benchmark::DoNotOptimize(pa);
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    best = std::max(best, 3.0 * sizeof(float) * double(n) / s);
-  }
-  return best;
-}
-
-// The same triad split over `threads` threads (each a static share of the arrays).
-double triad_bandwidth(int threads) {
-  if (threads <= 1) return triad_bandwidth();
-  set_num_threads(threads);
-  constexpr Index n = Index(1) << 24;
-  static std::vector<float> a(std::size_t(n), 1.f), b(std::size_t(n), 2.f), c(std::size_t(n), 3.f);
-  double best = 0;
-  for (int rep = 0; rep < 3; ++rep) {
-    const auto t0 = Clock::now();
-    parallel_for(0, threads, [&](Index t) {
-      const Index lo = n * t / threads, hi = n * (t + 1) / threads;
-      float* pa = a.data();
-      const float* pb = b.data();
-      const float* pc = c.data();
-      for (Index i = lo; i < hi; ++i) pa[i] = pb[i] + 0.5f * pc[i];
-    });
-    benchmark::DoNotOptimize(a.data());
-    const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
-    best = std::max(best, 3.0 * sizeof(float) * double(n) / sec);
-  }
-  return best;
-}
-
 // The 110M model with its Linears and head stored in `f` (the same random weights as model_110m()).
 const Decoder<float>& model_110m_as(WeightFormat f) {
   if (f == WeightFormat::f32) return model_110m();
@@ -134,7 +93,7 @@ void decode_format_bound(benchmark::State& state, WeightFormat f) {
   const int threads = int(state.range(1));
   const double bytes = decode_bytes(model_110m_as(f), context);
   for (auto _ : state) {
-    const double bw = triad_bandwidth(threads);
+    const double bw = bench::triad_bandwidth(threads);
     state.SetIterationTime(bytes / bw);
     state.counters["triad_GBps"] = bw * 1e-9;
   }
@@ -197,7 +156,7 @@ void decode_bound(benchmark::State& state) {
   set_num_threads(1);
   const double bytes = param_bytes(model_110m());
   for (auto _ : state) {
-    const double bw = triad_bandwidth();
+    const double bw = bench::triad_bandwidth(1);
     state.SetIterationTime(bytes / bw);
     state.counters["triad_GBps"] = bw * 1e-9;
   }

@@ -1,7 +1,8 @@
 // TTT benchmarks (one thread): the dual form against the primal form at head_dim 64, T = 2048 (the
 // inner loop alone and the whole layer); TTT-Linear and TTT-MLP layer prefill against the fused causal
 // attention layer of the same width from 256 to 32k tokens (time, analytic FLOPs, the crossovers);
-// decode cost per token at 1k and 32k of context; a training step (forward_train + backward) of the
+// decode cost per token at 1k and 32k of context against its two bounds (FLOPs at the FMA peak, bytes
+// at the same-run triad) and the inner loop alone one token per call; a training step (forward_train + backward) of the
 // TTT-Linear layer against the attention layer's, with the backward's rate against the same-run
 // GEMM rate. Every timing is the thread's CPU time (manual time):
 // the machine is shared, and single-threaded work descheduled by a neighbour would otherwise count
@@ -161,6 +162,38 @@ void inner_loop(benchmark::State& state, ttt::Kind kind, ttt::InnerForm form) {
   counters(state, flops, total);
 }
 
+/// The inner loop as decode runs it: one token per call (the primal form), all 12 heads, a whole
+/// mini-batch of calls per iteration; its FLOP rate is the inner's share of a decode step, whose
+/// state (W and the gradient sums of every head, 0.4 MB for TTT-Linear) stays in cache.
+void inner_decode(benchmark::State& state, ttt::Kind kind) {
+  set_num_threads(1);
+  const auto& layer = ttt_layer(kind);
+  const Index b = layer.config.mini_batch;
+  const auto& Q = input(b);
+  Tensor<float> K({b, kC}), Y({b, kC}), O({b, kC}), lr({b, kH});
+  std::mt19937_64 rng(7);
+  fill_normal(K, 1.0, rng);
+  fill_normal(Y, 1.0, rng);
+  lr.fill(float(layer.config.base_lr * 0.5 / double(kD)));
+  auto st = layer.make_state();
+  auto& ts = dynamic_cast<ttt::State<float>&>(*st);
+  double flops = 0, total = 0;
+  for (auto _ : state) {
+    FlopCounter fc;
+    const double t0 = cpu_seconds();
+    for (Index t = 0; t < b; ++t, ++ts.position)
+      ttt::run_inner<float>(layer.config, ttt::InnerForm::primal, Q.view().middle_rows(t, 1), K.view().middle_rows(t, 1),
+                            Y.view().middle_rows(t, 1), lr.view().middle_rows(t, 1), layer.token_idx.data(), layer.ttt_norm_weight,
+                            layer.ttt_norm_bias, ts, O.view().middle_rows(t, 1), &fc);
+    const double seconds = cpu_seconds() - t0;
+    state.SetIterationTime(seconds);
+    total += seconds;
+    flops = fc[FlopCategory::ttt_inner];
+    benchmark::DoNotOptimize(O.data());
+  }
+  counters(state, flops, total);
+}
+
 /// The whole layer over n tokens in one call (dual or primal), or token by token ("tokenwise": n
 /// decode steps, the primal form with batch 1).
 void layer_prefill(benchmark::State& state, SequenceLayer<float>* layer, ttt::InnerForm form, bool tokenwise,
@@ -217,6 +250,13 @@ std::unique_ptr<LayerState<float>> state_at(const SequenceLayer<float>& layer, I
   return std::move(run.state);
 }
 
+/// Bytes of a layer's parameters (what one decode step streams).
+double parameter_bytes(SequenceLayer<float>& layer) {
+  double bytes = 0;
+  layer.visit_parameters([&](const std::string&, Tensor<float>& t) { bytes += double(t.numel()) * sizeof(float); });
+  return bytes;
+}
+
 void decode_token(benchmark::State& state, SequenceLayer<float>* layer, const std::string& key) {
   set_num_threads(1);
   const Index context = state.range(0);
@@ -242,6 +282,18 @@ void decode_token(benchmark::State& state, SequenceLayer<float>* layer, const st
   }
   record(key, context, seconds / double(state.iterations()), 0);
   state.counters["state_MiB"] = double(run.state->bytes()) / (1 << 20);
+  // Against both bounds of a step: its FLOPs at the FMA peak ("of peak", from GFLOPs and threads)
+  // and the bytes it must read (every parameter, the state once) at the triad bandwidth measured
+  // here. A one-token step is a matrix-vector product over the projections (2 FLOPs per 4-byte
+  // weight): the bytes bound is about 40x the FLOP bound, and the one that applies.
+  const double flops = run.flops.total() / double(steps);
+  const double bytes = parameter_bytes(*layer) + double(snapshot->bytes());
+  const double triad = bench::triad_bandwidth(1);
+  counters(state, flops, seconds);
+  state.counters["MB"] = bytes * 1e-6;
+  state.counters["of_triad"] = bytes * double(state.iterations()) / seconds / triad;
+  g_rates[key + "_of_triad"][context] = bytes * double(state.iterations()) / seconds / triad;
+  g_rates[key + "_gflops"][context] = flops * double(state.iterations()) / seconds;
 }
 
 double median(std::vector<double> v) {
@@ -457,6 +509,12 @@ void print_summary() {
                 crossover(att_train, lin_train));
   }
 
+  std::printf("\nDecode step against its bounds (one thread; bytes = parameters + state, at the same-run triad):\n");
+  for (const char* key : {"decode_attention", "decode_ttt_linear", "decode_ttt_mlp"})
+    for (const auto& [t, r] : g_rates[std::string(key) + "_of_triad"])
+      std::printf("  %-20s context %6td   %6.1f GFLOP/s   %5.2f of the triad bound\n", key, t,
+                  g_rates[std::string(key) + "_gflops"][t] * 1e-9, r);
+
   std::printf("\nDecode cost per token (ms, median step, 1k and 32k steps interleaved):\n");
   for (const char* key : {"flat_attention", "flat_ttt_linear", "flat_ttt_mlp"}) {
     const auto m = medians(key);
@@ -480,6 +538,9 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("ttt_linear_inner:baseline", inner_loop, ttt::Kind::linear, InnerForm::primal)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(5);
   benchmark::RegisterBenchmark("ttt_mlp_inner:dual", inner_loop, ttt::Kind::mlp, InnerForm::dual)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(3);
   benchmark::RegisterBenchmark("ttt_mlp_inner:baseline", inner_loop, ttt::Kind::mlp, InnerForm::primal)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(3);
+  // The inner loop one token at a time (decode), against the same tokens as one primal call.
+  benchmark::RegisterBenchmark("ttt_linear_inner_decode:tokenwise", inner_decode, ttt::Kind::linear)->UseManualTime()->Unit(ms)->Iterations(256);
+  benchmark::RegisterBenchmark("ttt_mlp_inner_decode:tokenwise", inner_decode, ttt::Kind::mlp)->UseManualTime()->Unit(ms)->Iterations(64);
   for (auto [name, layer] : {std::pair{"ttt_linear_prefill", lin}, std::pair{"ttt_mlp_prefill", mlp}}) {
     const std::string n = name;
     benchmark::RegisterBenchmark((n + ":dual").c_str(), layer_prefill, layer, InnerForm::dual, false, "")->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(3);

@@ -5,6 +5,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -133,6 +134,32 @@ inline void fma_peak(benchmark::State& state) {
 inline void register_fma_peak(int max_threads) {
   for (int t = 1; t <= max_threads; ++t)
     benchmark::RegisterBenchmark(("fma_peak:t" + std::to_string(t)).c_str(), fma_peak)->Arg(t)->UseRealTime();
+}
+
+/// STREAM triad a = b + 0.5 c split over `threads` threads (a static share each), best of 3, in
+/// bytes/s with the STREAM convention (3 arrays). 128 MiB per array: 384 MiB, beyond the largest
+/// last-level cache seen on these machines (260 MiB on a Xeon; 3 x 64 MiB would have fit in it).
+/// Leaves the pool at `threads` threads.
+inline double triad_bandwidth(int threads) {
+  using Clock = std::chrono::steady_clock;
+  constexpr Index n = Index(1) << 25;
+  static std::vector<float> a(std::size_t(n), 1.f), b(std::size_t(n), 2.f), c(std::size_t(n), 3.f);
+  set_num_threads(threads);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = Clock::now();
+    parallel_for(0, threads, [&](Index t) {
+      const Index lo = n * t / threads, hi = n * (t + 1) / threads;
+      float* pa = a.data();
+      const float* pb = b.data();
+      const float* pc = c.data();
+      for (Index i = lo; i < hi; ++i) pa[i] = pb[i] + 0.5f * pc[i];
+    });
+    benchmark::DoNotOptimize(a.data());
+    const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
+    best = std::max(best, 3.0 * sizeof(float) * double(n) / sec);
+  }
+  return best;
 }
 
 /// A Llama-style model with random weights (tied head, unbounded positions) for benchmarks.
