@@ -13,6 +13,7 @@
 #endif
 
 #include "bench_util.hpp"
+#include "engram/core/activation_quant.hpp"
 #include "engram/core/attention.hpp"
 #include "engram/core/gemm.hpp"
 #include "engram/core/ops.hpp"
@@ -197,6 +198,19 @@ void softmax_scalar(benchmark::State& s) {
     }
   });
 }
+/// Activation quantisation for q8/q4 products (every input row of every decode product): SIMD
+/// blocks against the scalar rule, the same rows.
+template <bool Vectorised>
+void quantise_rows(benchmark::State& s) {
+  const Index blocks = act_quant::padded_blocks(kCols);
+  std::vector<std::int8_t> q(std::size_t(blocks * kQuantBlock));
+  std::vector<float> d(std::size_t(blocks * act_quant::kLanes));
+  std::vector<std::int32_t> bias(d.size());
+  vector_op(s, [&](auto& x, auto&, auto*, auto*) {
+    for (Index r = 0; r < kRows; ++r) act_quant::quantise(x.row(r), kCols, 8, q.data(), d.data(), bias.data(), Vectorised);
+    benchmark::DoNotOptimize(q.data());
+  });
+}
 void layer_norm_engram(benchmark::State& s) {
   vector_op(s, [](auto& x, auto& y, auto* w, auto* b) { layer_norm<float>(x.view(), w, b, 1e-5f, y.view()); });
 }
@@ -282,6 +296,8 @@ int main(int argc, char** argv) {
   }
   benchmark::RegisterBenchmark("softmax:engram", softmax_engram)->UseRealTime();
   benchmark::RegisterBenchmark("softmax:baseline", softmax_scalar)->UseRealTime();
+  benchmark::RegisterBenchmark("quantise:engram", quantise_rows<true>)->UseRealTime();
+  benchmark::RegisterBenchmark("quantise:baseline", quantise_rows<false>)->UseRealTime();
   benchmark::RegisterBenchmark("layer_norm:engram", layer_norm_engram)->UseRealTime();
   benchmark::RegisterBenchmark("layer_norm:baseline", layer_norm_scalar)->UseRealTime();
   benchmark::RegisterBenchmark("rms_norm:engram", rms_norm_engram)->UseRealTime();

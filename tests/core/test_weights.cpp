@@ -125,6 +125,43 @@ TEST_CASE("weight products in every format equal products with the decoded weigh
   }
 }
 
+TEST_CASE("the SIMD activation quantiser equals the scalar rule bit for bit", "[weights]") {
+  // Rows of whole blocks and partial ones; blocks with halfway values (x / d = n + 0.5 exactly,
+  // where rounding must go to even), NaN, infinity, denormal-sized values and zeros.
+  for (Index k : {Index(32), Index(64), Index(96), Index(100), Index(256)}) {
+    auto x = test::random_tensor<float>({1, k}, 40 + k);
+    for (Index i = 0; i < 32; ++i) x(0, i) = float(i % 8) - 3.5f;  // amax 3.5 -> d = 3.5/127: q = +-127, ties between
+    // amax 63.5: 1 / d = 2 exactly, so 2.25, -0.25, 1.75 land on the halves 4.5, -0.5, 3.5.
+    x(0, 0) = 63.5f, x(0, 1) = 2.25f, x(0, 2) = -0.25f, x(0, 3) = 1.75f;
+    if (k >= 64) x(0, 40) = NAN;
+    if (k == 96 || k == 100) x(0, 70) = -INFINITY;
+    if (k == 256)
+      for (Index i = 64; i < 96; ++i) x(0, i) = 1e-38f;  // below 4e-37: a zero block
+    if (k == 256)
+      for (Index i = 128; i < 160; ++i) x(0, i) = 0.0f;
+    const Index blocks = act_quant::padded_blocks(k);
+    for (int off : {0, 8, 128}) {
+      std::vector<std::int8_t> q0(std::size_t(blocks * kQuantBlock)), q1(q0.size());
+      std::vector<float> d0(std::size_t(blocks * act_quant::kLanes)), d1(d0.size());
+      std::vector<std::int32_t> b0(d0.size()), b1(d0.size());
+      act_quant::quantise(x.row(0), k, off, q0.data(), d0.data(), b0.data(), false);
+      act_quant::quantise(x.row(0), k, off, q1.data(), d1.data(), b1.data(), true);
+      INFO("k " << k << " offset " << off);
+      CHECK(q0 == q1);
+      CHECK((q1[1] == 4 && q1[2] == 0 && q1[3] == 4));  // halves round to even
+      CHECK(b0 == b1);
+      for (std::size_t i = 0; i < d0.size(); ++i) CHECK((std::isnan(d0[i]) ? std::isnan(d1[i]) : d0[i] == d1[i]));
+    }
+    if (k >= 64) CHECK(std::isnan([&] {
+      std::vector<std::int8_t> q(std::size_t(blocks * kQuantBlock));
+      std::vector<float> d(std::size_t(blocks * act_quant::kLanes));
+      std::vector<std::int32_t> b(d.size());
+      act_quant::quantise(x.row(0), k, 0, q.data(), d.data(), b.data());
+      return d[act_quant::kLanes];  // block 1 holds the NaN
+    }()));
+  }
+}
+
 TEST_CASE("activations quantise to int8 blocks within half a step, with the bias the kernels need", "[weights]") {
   // 70 values: two whole blocks and a partial one, then a pair's padding block of zeros.
   auto x = test::random_tensor<float>({1, 70}, 3);
