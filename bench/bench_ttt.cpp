@@ -2,7 +2,8 @@
 // inner loop alone and the whole layer); TTT-Linear and TTT-MLP layer prefill against the fused causal
 // attention layer of the same width from 256 to 32k tokens (time, analytic FLOPs, the crossovers);
 // decode cost per token at 1k and 32k of context against its two bounds (FLOPs at the FMA peak, bytes
-// at the same-run triad) and the inner loop alone one token per call; a training step (forward_train + backward) of the
+// at the same-run triad) and the inner loop alone one token per call; batched decode of 8 sequences
+// (forward_batch) against the same 8 steps one after another; a training step (forward_train + backward) of the
 // TTT-Linear layer against the attention layer's, with the backward's rate against the same-run
 // GEMM rate. Every timing is the thread's CPU time (manual time):
 // the machine is shared, and single-threaded work descheduled by a neighbour would otherwise count
@@ -296,6 +297,48 @@ void decode_token(benchmark::State& state, SequenceLayer<float>* layer, const st
   g_rates[key + "_gflops"][context] = flops * double(state.iterations()) / seconds;
 }
 
+/// B sequences (range 0) one decode step each at context 1024: one forward_batch for all of them
+/// (the projections as one product: the layer's weights stream once per step) against the same B
+/// steps one after another (the baseline). Counters: GFLOPs of the batch and its fraction of peak.
+template <bool Batched>
+void decode_batch(benchmark::State& state, SequenceLayer<float>* layer) {
+  set_num_threads(1);
+  const Index B = state.range(0);
+  const auto snapshot = state_at(*layer, 1024);
+  std::vector<std::unique_ptr<LayerState<float>>> states;
+  std::vector<Workspace<float>> ws(static_cast<std::size_t>(B));
+  std::vector<FlopCounter> flops(static_cast<std::size_t>(B));
+  std::vector<StepContext<float>> ctx(static_cast<std::size_t>(B));
+  std::vector<LayerState<float>*> ptrs;
+  std::vector<StepContext<float>*> cptrs;
+  for (Index b = 0; b < B; ++b) {
+    states.push_back(snapshot->clone());
+    ctx[std::size_t(b)].workspace = &ws[std::size_t(b)];
+    ctx[std::size_t(b)].flops = &flops[std::size_t(b)];
+    ptrs.push_back(states.back().get());
+    cptrs.push_back(&ctx[std::size_t(b)]);
+  }
+  const auto& x = input(64);
+  Tensor<float> y({B, kC});
+  double seconds = 0;
+  Index step = 0;
+  for (auto _ : state) {
+    const ConstView<float> xs = x.view().middle_rows(step++ % 32, B);
+    const double t0 = cpu_seconds();
+    if constexpr (Batched) layer->forward_batch(xs, y.view(), ptrs, cptrs);
+    else
+      for (Index b = 0; b < B; ++b) layer->forward(xs.middle_rows(b, 1), y.view().middle_rows(b, 1), ptrs[std::size_t(b)], ctx[std::size_t(b)]);
+    const double dt = cpu_seconds() - t0;
+    state.SetIterationTime(dt);
+    seconds += dt;
+    benchmark::DoNotOptimize(y.data());
+  }
+  double total = 0;
+  for (const auto& f : flops) total += f.total();
+  counters(state, total / double(state.iterations()), seconds);
+  state.counters["tok_per_s"] = double(B) * double(state.iterations()) / seconds;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -565,6 +608,10 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("decode_flat:baseline", decode_flat, att, "flat_attention")->UseManualTime()->Unit(ms)->Iterations(128);
   benchmark::RegisterBenchmark("decode_flat:ttt_linear", decode_flat, lin, "flat_ttt_linear")->UseManualTime()->Unit(ms)->Iterations(1024);
   benchmark::RegisterBenchmark("decode_flat:ttt_mlp", decode_flat, mlp, "flat_ttt_mlp")->UseManualTime()->Unit(ms)->Iterations(1024);
+  benchmark::RegisterBenchmark("decode_batch_linear:engram", decode_batch<true>, lin)->Arg(8)->UseManualTime()->Unit(ms)->Iterations(128);
+  benchmark::RegisterBenchmark("decode_batch_linear:baseline", decode_batch<false>, lin)->Arg(8)->UseManualTime()->Unit(ms)->Iterations(64);
+  benchmark::RegisterBenchmark("decode_batch_mlp:engram", decode_batch<true>, mlp)->Arg(8)->UseManualTime()->Unit(ms)->Iterations(128);
+  benchmark::RegisterBenchmark("decode_batch_mlp:baseline", decode_batch<false>, mlp)->Arg(8)->UseManualTime()->Unit(ms)->Iterations(64);
   for (Index t : {1024, 32768}) {
     benchmark::RegisterBenchmark("decode_token:baseline", decode_token, att, "decode_attention")->Arg(t)->UseManualTime()->Unit(ms)->Iterations(64);
     benchmark::RegisterBenchmark("decode_token:ttt_linear", decode_token, lin, "decode_ttt_linear")->Arg(t)->UseManualTime()->Unit(ms)->Iterations(256);

@@ -465,6 +465,31 @@ TEST_CASE("TTT layer input errors", "[ttt][errors]") {
   x(1, 7) = 0;
   layer.forward(x.view(), y.view(), state.get(), ctx);
   CHECK(dynamic_cast<ttt::State<float>&>(*state).position == 3);
+  // A batched step checks every row before any state moves.
+  auto s2 = layer.make_state();
+  StepContext<float> ctx2 = ctx;
+  std::vector<LayerState<float>*> states = {state.get(), s2.get()};
+  std::vector<StepContext<float>*> ctxs = {&ctx, &ctx2};
+  Tensor<float> xb({2, 32}), yb({2, 32});
+  CHECK_THROWS_AS(layer.forward_batch(xb.view(), yb.view(), std::span(states).first(1), ctxs), Error);  // counts differ
+  CHECK_THROWS_AS(layer.forward_batch(xb.view().middle_rows(0, 0), yb.view().middle_rows(0, 0), std::span(states).first(0),
+                                      std::span(ctxs).first(0)), Error);
+  states[1] = &wrong;
+  CHECK_THROWS_AS(layer.forward_batch(xb.view(), yb.view(), states, ctxs), Error);
+  states[1] = s2.get();
+  xb(1, 3) = std::numeric_limits<float>::infinity();
+  try {
+    layer.forward_batch(xb.view(), yb.view(), states, ctxs);
+    FAIL("accepted an infinite input");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("non-finite input at token 0, channel 3") != std::string::npos);
+  }
+  CHECK(dynamic_cast<ttt::State<float>&>(*state).position == 3);
+  CHECK(dynamic_cast<ttt::State<float>&>(*s2).position == 0);
+  xb(1, 3) = 0;
+  layer.forward_batch(xb.view(), yb.view(), states, ctxs);
+  CHECK(dynamic_cast<ttt::State<float>&>(*state).position == 4);
+  CHECK(dynamic_cast<ttt::State<float>&>(*s2).position == 1);
   ttt::Config bad = r.spec.layer;
   bad.mini_batch = 0;
   CHECK_THROWS_AS(ttt::Layer<float>(bad), Error);

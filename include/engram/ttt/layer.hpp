@@ -146,18 +146,11 @@ class Layer final : public SequenceLayer<T> {
   void forward_traced(ConstView<T> x, View<T> y, LayerState<T>* state, StepContext<T>& ctx, Trace<T>* trace) const {
     const char* where = "ttt::Layer";
     const Index n = x.rows(), C = config.d_model, H = config.n_heads;
-    auto* st = dynamic_cast<State<T>*>(state);
-    check(st != nullptr, where, "needs its ttt::State (from make_state())");
-    check(st->n_heads() == H && st->W1.dim(2) == config.inner_dim(), where, "state was made by a layer of another shape");
-    check(ctx.workspace != nullptr, where, "StepContext has no workspace");
     check(n > 0, where, "empty input: a step needs at least one token");
     check_shape(x, -1, C, where, "input");
     check_shape(y, n, C, where, "output");
-    // A non-finite input would poison the inner weights for the rest of the sequence: refuse it
-    // before the state changes.
-    for (Index t = 0; t < n; ++t)
-      for (Index c = 0; c < C; ++c)
-        check(std::isfinite(double(x(t, c))), where, "non-finite input at token ", st->position + t, ", channel ", c);
+    State<T>* st = checked_state(state, ctx, where);
+    check_input(x, *st, where);
 
     // Workspace slots 3-5 (the block's MLP takes 2 in every step: sharing it would reallocate).
     Workspace<T>& ws = *ctx.workspace;
@@ -186,6 +179,46 @@ class Layer final : public SequenceLayer<T> {
     // non-finite output means the inner state went non-finite: an Error naming the token (one pass).
     if (!all_finite<T>(y)) check_finite<T>(y, where, "the output: the inner state (W1, b1, W2, b2) went non-finite", st->position, "token");
     st->position += n;
+  }
+
+  /// One decode step of B sequences: row b of x [B, d_model] is the next token of the sequence
+  /// whose state is states[b]. The input projections and o_proj run as one product each for the
+  /// batch (their weights stream once, which is what a decode step is bound by); the convs, RoPE,
+  /// the learning-rate gate and the inner loop run per sequence on its own state, at its own
+  /// position in its mini-batch. Equals forward() on each row (bit for bit while the products take
+  /// the few-rows kernel: up to 16 sequences).
+  void forward_batch(ConstView<T> x, View<T> y, std::span<LayerState<T>* const> states, std::span<StepContext<T>* const> ctxs) const override {
+    const char* where = "ttt::Layer::forward_batch";
+    const Index B = x.rows(), C = config.d_model;
+    check(B > 0, where, "empty batch: a step needs at least one sequence");
+    check(Index(states.size()) == B && Index(ctxs.size()) == B, where, "expected one state and one context per row (", B, "), got ",
+          states.size(), " states and ", ctxs.size(), " contexts");
+    check_shape(x, -1, C, where, "input");
+    check_shape(y, B, C, where, "output");
+    thread_local std::vector<State<T>*> st;  // reused across steps
+    st.clear();
+    for (Index b = 0; b < B; ++b) {
+      st.push_back(checked_state(states[std::size_t(b)], *ctxs[std::size_t(b)], where));
+      check_input(x.middle_rows(b, 1), *st.back(), where);
+    }
+    Workspace<T>& ws = *ctxs.front()->workspace;
+    View<T> P = ws.get(3, B, proj.out()), QKY = ws.get(5, B, qky_cols()), O = ws.get(4, B, C);
+    batched_rows<T>(ctxs, [&](StepContext<T>& c) { proj.forward(x, P, c.flops); });
+    for (Index b = 0; b < B; ++b) {
+      State<T>& sb = *st[std::size_t(b)];
+      FlopCounter* flops = ctxs[std::size_t(b)]->flops;
+      View<T> Pb = P.middle_rows(b, 1);
+      const Inputs in = prepare(Pb, QKY.middle_rows(b, 1), sb.conv_qk.view(), sb.position, flops);
+      if (config.share_qk) push_history<T>(sb.conv_qk.view(), Pb.middle_cols(q_col(), C));
+      run_inner<T>(config, form, in.Q, in.K, in.Y, in.lr, token_idx.data(), ttt_norm_weight, ttt_norm_bias, sb, O.middle_rows(b, 1), flops);
+    }
+    batched_rows<T>(ctxs, [&](StepContext<T>& c) { output(O, gate_of(P), O, gate_of(P), y, c.flops); });
+    for (Index b = 0; b < B; ++b) {
+      const ConstView<T> yb = y.middle_rows(b, 1);
+      if (!all_finite<T>(yb))
+        check_finite<T>(yb, where, "the output: the inner state (W1, b1, W2, b2) went non-finite", st[std::size_t(b)]->position, "token");
+      ++st[std::size_t(b)]->position;
+    }
   }
 
   /// Training forward over ctx.n_seqs sequences of ctx.seq_len rows, each from a fresh state; equals
@@ -348,6 +381,22 @@ class Layer final : public SequenceLayer<T> {
   };
 
   Index qky_cols() const { return config.share_qk ? 3 * config.d_model : config.d_model; }
+
+  // The state of a step (made by a layer of this shape) and its context's workspace, checked.
+  State<T>* checked_state(LayerState<T>* state, const StepContext<T>& ctx, const char* where) const {
+    auto* st = dynamic_cast<State<T>*>(state);
+    check(st != nullptr, where, "needs its ttt::State (from make_state())");
+    check(st->n_heads() == config.n_heads && st->W1.dim(2) == config.inner_dim(), where, "state was made by a layer of another shape");
+    check(ctx.workspace != nullptr, where, "StepContext has no workspace");
+    return st;
+  }
+  // A non-finite input would poison the inner weights for the rest of the sequence: refuse it
+  // before the state changes.
+  void check_input(ConstView<T> x, const State<T>& st, const char* where) const {
+    for (Index t = 0; t < x.rows(); ++t)
+      for (Index c = 0; c < x.cols(); ++c)
+        check(std::isfinite(double(x(t, c))), where, "non-finite input at token ", st.position + t, ", channel ", c);
+  }
 
   // Steps 2-4 of the forward for n rows starting at `position` (RoPE slot position mod b), given the
   // projections P [n, n_proj]: the Mamba backbone's convs from `history` [K, C] (the K rows before,
