@@ -136,11 +136,14 @@ void counters(benchmark::State& state, double flops, double seconds) {
 // ---------------------------------------------------------------------------------------------
 // dual vs primal
 
-/// The inner loop alone (what the two forms differ in): random rotated Q, K and target Y, eta = 0.5/d.
-void inner_loop(benchmark::State& state, ttt::Kind kind, ttt::InnerForm form) {
+/// The inner loop alone (what the two forms differ in): random rotated Q, K and target Y, eta = 0.5/d,
+/// over range(0) tokens in one call; or, `tokenwise`, as decode runs it: one token per call (the
+/// primal form) over a whole mini-batch, whose state (W and the gradient sums of every head, 0.4 MB
+/// for TTT-Linear) stays in cache: the inner loop's share of a decode step.
+void inner_loop(benchmark::State& state, ttt::Kind kind, ttt::InnerForm form, bool tokenwise) {
   set_num_threads(1);
-  const Index n = state.range(0);
   const auto& layer = ttt_layer(kind);
+  const Index n = tokenwise ? layer.config.mini_batch : state.range(0);
   const auto& Q = input(n);
   Tensor<float> K({n, kC}), Y({n, kC}), O({n, kC}), lr({n, kH});
   std::mt19937_64 rng(7);
@@ -150,42 +153,14 @@ void inner_loop(benchmark::State& state, ttt::Kind kind, ttt::InnerForm form) {
   double flops = 0, total = 0;
   for (auto _ : state) {
     auto st = layer.make_state();
+    auto& ts = dynamic_cast<ttt::State<float>&>(*st);
     FlopCounter fc;
     const double t0 = cpu_seconds();
-    ttt::run_inner<float>(layer.config, form, Q.view(), K.view(), Y.view(), lr.view(), layer.token_idx.data(), layer.ttt_norm_weight,
-                          layer.ttt_norm_bias, dynamic_cast<ttt::State<float>&>(*st), O.view(), &fc);
-    const double seconds = cpu_seconds() - t0;
-    state.SetIterationTime(seconds);
-    total += seconds;
-    flops = fc[FlopCategory::ttt_inner];
-    benchmark::DoNotOptimize(O.data());
-  }
-  counters(state, flops, total);
-}
-
-/// The inner loop as decode runs it: one token per call (the primal form), all 12 heads, a whole
-/// mini-batch of calls per iteration; its FLOP rate is the inner's share of a decode step, whose
-/// state (W and the gradient sums of every head, 0.4 MB for TTT-Linear) stays in cache.
-void inner_decode(benchmark::State& state, ttt::Kind kind) {
-  set_num_threads(1);
-  const auto& layer = ttt_layer(kind);
-  const Index b = layer.config.mini_batch;
-  const auto& Q = input(b);
-  Tensor<float> K({b, kC}), Y({b, kC}), O({b, kC}), lr({b, kH});
-  std::mt19937_64 rng(7);
-  fill_normal(K, 1.0, rng);
-  fill_normal(Y, 1.0, rng);
-  lr.fill(float(layer.config.base_lr * 0.5 / double(kD)));
-  auto st = layer.make_state();
-  auto& ts = dynamic_cast<ttt::State<float>&>(*st);
-  double flops = 0, total = 0;
-  for (auto _ : state) {
-    FlopCounter fc;
-    const double t0 = cpu_seconds();
-    for (Index t = 0; t < b; ++t, ++ts.position)
-      ttt::run_inner<float>(layer.config, ttt::InnerForm::primal, Q.view().middle_rows(t, 1), K.view().middle_rows(t, 1),
-                            Y.view().middle_rows(t, 1), lr.view().middle_rows(t, 1), layer.token_idx.data(), layer.ttt_norm_weight,
-                            layer.ttt_norm_bias, ts, O.view().middle_rows(t, 1), &fc);
+    const Index step = tokenwise ? 1 : n;
+    for (Index t = 0; t < n; t += step, ts.position += tokenwise ? 1 : 0)
+      ttt::run_inner<float>(layer.config, form, Q.view().middle_rows(t, step), K.view().middle_rows(t, step), Y.view().middle_rows(t, step),
+                            lr.view().middle_rows(t, step), layer.token_idx.data(), layer.ttt_norm_weight, layer.ttt_norm_bias, ts,
+                            O.view().middle_rows(t, step), &fc);
     const double seconds = cpu_seconds() - t0;
     state.SetIterationTime(seconds);
     total += seconds;
@@ -577,13 +552,13 @@ int main(int argc, char** argv) {
   using ttt::InnerForm;
   const auto ms = benchmark::kMillisecond;
   // Dual vs primal at T = 2048: the inner loop alone, then the whole layer (same projections).
-  benchmark::RegisterBenchmark("ttt_linear_inner:dual", inner_loop, ttt::Kind::linear, InnerForm::dual)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(5);
-  benchmark::RegisterBenchmark("ttt_linear_inner:baseline", inner_loop, ttt::Kind::linear, InnerForm::primal)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(5);
-  benchmark::RegisterBenchmark("ttt_mlp_inner:dual", inner_loop, ttt::Kind::mlp, InnerForm::dual)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(3);
-  benchmark::RegisterBenchmark("ttt_mlp_inner:baseline", inner_loop, ttt::Kind::mlp, InnerForm::primal)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(3);
+  benchmark::RegisterBenchmark("ttt_linear_inner:dual", inner_loop, ttt::Kind::linear, InnerForm::dual, false)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(5);
+  benchmark::RegisterBenchmark("ttt_linear_inner:baseline", inner_loop, ttt::Kind::linear, InnerForm::primal, false)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(5);
+  benchmark::RegisterBenchmark("ttt_mlp_inner:dual", inner_loop, ttt::Kind::mlp, InnerForm::dual, false)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(3);
+  benchmark::RegisterBenchmark("ttt_mlp_inner:baseline", inner_loop, ttt::Kind::mlp, InnerForm::primal, false)->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(3);
   // The inner loop one token at a time (decode), against the same tokens as one primal call.
-  benchmark::RegisterBenchmark("ttt_linear_inner_decode:tokenwise", inner_decode, ttt::Kind::linear)->UseManualTime()->Unit(ms)->Iterations(256);
-  benchmark::RegisterBenchmark("ttt_mlp_inner_decode:tokenwise", inner_decode, ttt::Kind::mlp)->UseManualTime()->Unit(ms)->Iterations(64);
+  benchmark::RegisterBenchmark("ttt_linear_inner_decode:tokenwise", inner_loop, ttt::Kind::linear, InnerForm::primal, true)->UseManualTime()->Unit(ms)->Iterations(256);
+  benchmark::RegisterBenchmark("ttt_mlp_inner_decode:tokenwise", inner_loop, ttt::Kind::mlp, InnerForm::primal, true)->UseManualTime()->Unit(ms)->Iterations(64);
   for (auto [name, layer] : {std::pair{"ttt_linear_prefill", lin}, std::pair{"ttt_mlp_prefill", mlp}}) {
     const std::string n = name;
     benchmark::RegisterBenchmark((n + ":dual").c_str(), layer_prefill, layer, InnerForm::dual, false, "")->Arg(2048)->UseManualTime()->Unit(ms)->Iterations(3);
