@@ -56,19 +56,29 @@ const Decoder<float>& model_110m_as(WeightFormat f) {
   return *m;
 }
 
-// Bytes one decode step reads: the stored weights and the KV cache at the context (K and V rows).
-double decode_bytes(const Decoder<float>& m, Index context) {
+// Bytes one decode step reads: the stored weights and the KV cache at the context (K and V rows,
+// 4 bytes a value in f32, 2 in f16/bf16).
+double decode_bytes(const Decoder<float>& m, Index context, WeightFormat kv) {
   const ModelConfig& c = m.config;
-  return double(m.streamed_weight_bytes()) + 2.0 * double(c.n_layers * c.n_kv_heads * c.head_dim) * double(context) * sizeof(float);
+  const double value_bytes = kv == WeightFormat::f32 ? 4.0 : 2.0;
+  return double(m.streamed_weight_bytes()) + 2.0 * double(c.n_layers * c.n_kv_heads * c.head_dim) * double(context) * value_bytes;
 }
 
-// Decode at a fixed context (range 0) on range(1) threads: the state is reset every 32 tokens.
-void decode_format(benchmark::State& state, WeightFormat f) {
+// A fresh state of m with its KV caches stored as `kv` (LayerCache::set_format on the empty caches).
+Decoder<float>::State state_with_kv(const Decoder<float>& m, WeightFormat kv) {
+  auto s = m.make_state();
+  for (LayerCache<float>* c : s.caches()) c->set_format(kv);
+  return s;
+}
+
+// Decode at a fixed context (range 0) on range(1) threads, weights in f and the KV cache in kv:
+// the state is reset every 32 tokens.
+void decode_format(benchmark::State& state, WeightFormat f, WeightFormat kv) {
   const Index context = state.range(0);
   const int threads = int(state.range(1));
   set_num_threads(threads);
   const auto& m = model_110m_as(f);
-  auto s = m.make_state();
+  auto s = state_with_kv(m, kv);
   m.prefill(tokens(context, m.config.vocab_size), s, {.chunk = 512});
   const auto snapshot = s.copy();
   Index steps = 0;
@@ -81,17 +91,17 @@ void decode_format(benchmark::State& state, WeightFormat f) {
     auto logits = m.decode(std::int32_t(steps % m.config.vocab_size), s);
     benchmark::DoNotOptimize(logits.data());
   }
-  const double bytes = decode_bytes(m, context);
+  const double bytes = decode_bytes(m, context, kv);
   state.counters["tok_per_s"] = benchmark::Counter(double(state.iterations()), benchmark::Counter::kIsRate);
   state.counters["GBps"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["weights_MB"] = double(m.streamed_weight_bytes()) * 1e-6;
 }
 
 // Its bound: those bytes at the triad bandwidth of the same thread count, measured now.
-void decode_format_bound(benchmark::State& state, WeightFormat f) {
+void decode_format_bound(benchmark::State& state, WeightFormat f, WeightFormat kv) {
   const Index context = state.range(0);
   const int threads = int(state.range(1));
-  const double bytes = decode_bytes(model_110m_as(f), context);
+  const double bytes = decode_bytes(model_110m_as(f), context, kv);
   for (auto _ : state) {
     const double bw = bench::triad_bandwidth(threads);
     state.SetIterationTime(bytes / bw);
@@ -281,14 +291,19 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("decode:engram/110M", decode_engram)->Unit(benchmark::kMillisecond)->Iterations(30);
   benchmark::RegisterBenchmark("decode:baseline/110M", decode_bound)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3);
   for (WeightFormat f : {WeightFormat::f32, WeightFormat::bf16, WeightFormat::f16, WeightFormat::q8, WeightFormat::q4}) {
-    const std::string family = "decode_" + std::string(format_name(f));
-    for (Index context : {128, 1024})
-      for (Index threads : {1, 2}) {
-        benchmark::RegisterBenchmark((family + ":engram").c_str(), decode_format, f)
-            ->Args({context, threads})->Unit(benchmark::kMillisecond)->Iterations(64)->UseRealTime();
-        benchmark::RegisterBenchmark((family + ":baseline").c_str(), decode_format_bound, f)
-            ->Args({context, threads})->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3);
+    // The KV cache in f32, and in f16 at context 1024, where the f32 cache is more bytes than q4 weights.
+    for (WeightFormat kv : {WeightFormat::f32, WeightFormat::f16}) {
+      const std::string family = "decode_" + std::string(format_name(f)) + (kv == WeightFormat::f32 ? "" : "_kv16");
+      for (Index context : {128, 1024}) {
+        if (kv != WeightFormat::f32 && context != 1024) continue;
+        for (Index threads : {1, 2}) {
+          benchmark::RegisterBenchmark((family + ":engram").c_str(), decode_format, f, kv)
+              ->Args({context, threads})->Unit(benchmark::kMillisecond)->Iterations(64)->UseRealTime();
+          benchmark::RegisterBenchmark((family + ":baseline").c_str(), decode_format_bound, f, kv)
+              ->Args({context, threads})->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3);
+        }
       }
+    }
   }
   for (WeightFormat f : {WeightFormat::f32, WeightFormat::q8}) {
     const std::string family = "batch_" + std::string(format_name(f));

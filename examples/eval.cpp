@@ -59,7 +59,7 @@ Decoder<float> load_any_decoder(const std::filesystem::path& dir, const hf::Load
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, policy = "none", budget = "", namm_weights, weight_format = "f32", task = "all", lengths_text = "1024", background, corpus = "kjv", out;
+  std::string model_dir, policy = "none", budget = "", namm_weights, weight_format = "f32", kv_format = "f32", task = "all", lengths_text = "1024", background, corpus = "kjv", out;
   Index samples = 100, segment_size = 0, context = 2048, windows = 16, bucket = 256;
   double held_out = 0.02;
   Index decode_steps = 64, read_chunk = 512;
@@ -94,10 +94,11 @@ int main(int argc, char** argv) {
         app.add_option("--decode-steps", decode_steps, "tokens decoded one at a time after the prefill for --cost")->check(CLI::Range(Index(1), Index(1) << 20));
         app.add_option("--out", out, "prefix of the CSV and SVG files written (PREFIX_tasks.csv/.svg, PREFIX_bpb.csv/.svg, PREFIX_cost.csv)");
         examples::add_weights_option(app, weight_format);
+        examples::add_kv_option(app, kv_format);
       },
       [&] {
         Decoder<float> loaded = load_any_decoder(model_dir, examples::load_options(weight_format));
-        const std::string weights_line = examples::apply_weights(loaded, weight_format);
+        const std::string weights_line = examples::apply_weights(loaded, weight_format) + "; " + examples::apply_kv(loaded, kv_format);
         const Decoder<float>& model = loaded;
         std::unique_ptr<namm::NammWeights<float>> weights;
         if (!namm_weights.empty()) weights = std::make_unique<namm::NammWeights<float>>(namm::load_namm<float>(namm_weights));

@@ -42,6 +42,21 @@ inline CLI::Option* add_weights_option(CLI::App& app, std::string& weights) {
       ->check(CLI::IsMember({"f32", "bf16", "f16", "q8", "q4"}));
 }
 
+/// --kv: how the KV cache stores keys and values (Decoder::set_kv_format).
+inline CLI::Option* add_kv_option(CLI::App& app, std::string& kv) {
+  return app
+      .add_option("--kv", kv,
+                  "storage of the KV cache: f32 (default), f16 or bf16 (half the bytes per cached token, rounded to nearest even; "
+                  "attention widens them back to fp32)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}));
+}
+
+/// Applies --kv to a model; returns a line for the report ("KV cache f16: 2 bytes a value").
+inline std::string apply_kv(Decoder<float>& model, const std::string& kv) {
+  model.set_kv_format(parse_weight_format(kv.empty() ? "f32" : kv));
+  return "KV cache " + std::string(format_name(model.kv_format())) + ": " + (model.kv_format() == WeightFormat::f32 ? "4" : "2") + " bytes a value";
+}
+
 /// --weights as load options: a bf16/f16 checkpoint's projections then stay in its mapping.
 inline hf::LoadOptions load_options(const std::string& weights) { return {.weights = parse_weight_format(weights.empty() ? "f32" : weights)}; }
 

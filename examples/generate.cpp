@@ -15,7 +15,7 @@
 using namespace engram;
 
 int main(int argc, char** argv) {
-  std::string model_dir, tokens_arg, prompt, prompt_file, policy_name = "none", budget_text, namm_weights, weights = "f32";
+  std::string model_dir, tokens_arg, prompt, prompt_file, policy_name = "none", budget_text, namm_weights, weights = "f32", kv = "f32";
   Index n_new = 16;
   SamplerOptions sampling;
   CLI::Option *tokens_opt = nullptr, *prompt_opt = nullptr, *file_opt = nullptr;
@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
         app.add_option("--namm-weights", namm_weights, "NAMM weights for --policy namm (convert_namm_checkpoint.py, engram-namm-evolve)")
             ->check(cli::regular_file());
         examples::add_weights_option(app, weights);
+        examples::add_kv_option(app, kv);
       },
       [&] {
         const std::size_t sources = tokens_opt->count() + prompt_opt->count() + file_opt->count();
@@ -55,7 +56,7 @@ int main(int argc, char** argv) {
         sampling.seed = cli::seed();
 
         auto model = hf::load_decoder<float>(model_dir, examples::load_options(weights));
-        const std::string weights_line = examples::apply_weights(model, weights);
+        const std::string weights_line = examples::apply_weights(model, weights) + "; " + examples::apply_kv(model, kv);
         const Index vocab = model.config.vocab_size;
         std::string why;
         const std::optional<examples::TextCodec> codec = examples::TextCodec::for_model(model_dir, vocab, why);

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -99,6 +100,15 @@ double max_abs_diff(ConstView<T> got, const Mat& ref) {
       if (!(d <= worst)) worst = std::isnan(d) ? std::numeric_limits<double>::infinity() : d;
     }
   return worst;
+}
+
+/// Whether two matrices of the same shape hold the same bits in every element (NaN and -inf alike).
+template <class T>
+bool same_bits(ConstView<T> a, ConstView<T> b) {
+  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
+  for (Index r = 0; r < a.rows(); ++r)
+    if (a.cols() > 0 && std::memcmp(a.row(r), b.row(r), sizeof(T) * std::size_t(a.cols())) != 0) return false;
+  return true;
 }
 
 /// Machine epsilon of T as double.

@@ -232,3 +232,80 @@ TEST_CASE("attention: an offset past the keys is an Error", "[attention][errors]
   in.mask = MaskKind::reverse_causal;
   REQUIRE_THROWS_WITH(attention<float>(in), Catch::Contains("past the 4 keys"));
 }
+
+namespace {
+// Attention of problem p with its keys and values stored as 16-bit `format`, against the float
+// kernel on the same values widened back (exact): outputs, log-sum-exp and sink probabilities must
+// be identical bit for bit, on the row path (few queries: widened per key block) and the tiled path.
+void check_half_storage(const Case& c, std::uint64_t seed, WeightFormat format, bool with_sink, Index strip_limit) {
+  auto p = make_problem<float>(c, seed);
+  std::vector<Tensor<std::uint16_t>> k16, v16;
+  std::vector<Tensor<float>> kr, vr;
+  std::vector<ConstView<std::uint16_t>> k16v, v16v;
+  std::vector<ConstView<float>> krv, vrv;
+  for (Index h = 0; h < c.n_kv; ++h) {
+    for (auto [src, bits, back] : {std::tuple{&p.k[std::size_t(h)], &k16, &kr}, std::tuple{&p.v[std::size_t(h)], &v16, &vr}}) {
+      bits->emplace_back(Shape{src->rows(), c.d});
+      back->emplace_back(Shape{src->rows(), c.d});
+      for (Index i = 0; i < src->rows(); ++i) narrow_row(src->row(i), c.d, format, bits->back().row(i));
+      if (src->rows() > 0) widen_rows(bits->back().view(), format, 0, src->rows(), back->back().data(), back->back().stride());
+    }
+  }
+  for (Index h = 0; h < c.n_kv; ++h)
+    k16v.push_back(k16[std::size_t(h)].view()), v16v.push_back(v16[std::size_t(h)].view()), krv.push_back(kr[std::size_t(h)].view()),
+        vrv.push_back(vr[std::size_t(h)].view());
+  const Index phase = Index(seed % kSinkRows);
+  RecordingSink<float> sink_ref(c, phase), sink_half(c, phase);
+  auto run = [&](bool half, RecordingSink<float>& sink) {
+    auto in = p.forward_input();
+    if (half) in.k = {}, in.v = {}, in.k16 = k16v, in.v16 = v16v, in.kv_format = format;
+    else in.k = krv, in.v = vrv;
+    if (with_sink) in.sink = &sink, in.sink_phase = phase, in.sink_strip_limit = strip_limit;
+    attention<float>(in);
+    return std::pair{p.out.copy(), p.lse.copy()};
+  };
+  const auto [out_ref, lse_ref] = run(false, sink_ref);
+  const auto [out_half, lse_half] = run(true, sink_half);
+  INFO("tq=" << c.tq << " heads=" << c.n_heads << "/" << c.n_kv << " d=" << c.d << " tk0=" << c.tk[0] << " mask=" << int(c.mask)
+             << " window=" << c.window << " " << format_name(format) << " sink=" << with_sink << " strip=" << strip_limit);
+  CHECK(test::same_bits<float>(out_ref.view(), out_half.view()));
+  CHECK(test::same_bits<float>(lse_ref.view(), lse_half.view()));
+  for (Index h = 0; h < c.n_kv && with_sink; ++h) CHECK(sink_ref.probs[std::size_t(h)].v == sink_half.probs[std::size_t(h)].v);
+}
+}  // namespace
+
+TEST_CASE("attention on f16/bf16 keys and values equals attention on their float values, bit for bit", "[attention][kv16]") {
+  std::vector<Case> cs = cases();
+  Case windowed{40, 4, 2, 16, {90, 90}};
+  windowed.window = 24;
+  cs.push_back(windowed);
+  std::uint64_t seed = 300;
+  for (WeightFormat f : {WeightFormat::f16, WeightFormat::bf16})
+    for (const Case& c : cs) {
+      check_half_storage(c, seed, f, false, 0);
+      check_half_storage(c, seed, f, true, AttentionInput<float>{}.sink_strip_limit);
+      check_half_storage(c, seed++, f, true, 0);  // the sink's recomputing path reads the keys again
+    }
+}
+
+TEST_CASE("attention: 16-bit keys and values with a bad layout are Errors", "[attention][kv16][errors]") {
+  Case c{3, 2, 1, 8, {6}};
+  auto p = make_problem<float>(c, 7);
+  Tensor<std::uint16_t> k16({6, 8}), v16({6, 8}), v_short({5, 8});
+  const std::vector<ConstView<std::uint16_t>> ks{k16.view()}, vs{v16.view()}, vbad{v_short.view()};
+  auto in = p.forward_input();
+  in.k16 = ks, in.v16 = vs;  // with kv_format f32
+  REQUIRE_THROWS_WITH(attention<float>(in), Catch::Contains("k16/v16 are set") && Catch::Contains("kv_format is f32"));
+  in.kv_format = WeightFormat::f16;  // k and v still set as well
+  REQUIRE_THROWS_WITH(attention<float>(in), Catch::Contains("k and v must be empty"));
+  in.k = {}, in.v = {};
+  CHECK_NOTHROW(attention<float>(in));
+  in.kv_format = WeightFormat::q8;
+  REQUIRE_THROWS_WITH(attention<float>(in), Catch::Contains("f32, f16 or bf16") && Catch::Contains("q8"));
+  in.kv_format = WeightFormat::bf16, in.v16 = vbad;
+  REQUIRE_THROWS_WITH(attention<float>(in), Catch::Contains("v[0]"));
+  auto pd = make_problem<double>(c, 7);
+  auto ind = pd.forward_input();
+  ind.k = {}, ind.v = {}, ind.k16 = ks, ind.v16 = vs, ind.kv_format = WeightFormat::f16;
+  REQUIRE_THROWS_WITH(attention<double>(ind), Catch::Contains("need float attention"));
+}

@@ -123,6 +123,15 @@ TEST_CASE("a trained host keeps its answers with compressed weights", "[decoder]
     // The answer's log-likelihood moves by the format's rounding: a few percent of a small loss at most.
     CHECK(std::abs(got.answer_log_prob - base.answer_log_prob) <= (f == WeightFormat::q4 ? 0.05 : 0.01) * std::abs(base.answer_log_prob) + 1e-3);
   }
+  // A 16-bit KV cache: the issue's bound for bf16/f16, 0.5% of the answer's log-likelihood.
+  for (WeightFormat f : {WeightFormat::f16, WeightFormat::bf16}) {
+    INFO("KV cache " << format_name(f));
+    Decoder<float> m = hf::load_decoder<float>(test::fixture("namm_host"));
+    m.set_kv_format(f);
+    const eval::TaskScore got = eval::score_task(eval::DecoderReader<float>(m), corpus, task, o);
+    CHECK(got.correct == base.correct);
+    CHECK(std::abs(got.answer_log_prob - base.answer_log_prob) <= 0.005 * std::abs(base.answer_log_prob) + 1e-4);
+  }
 }
 
 TEST_CASE("compressed weights are for inference: training, saving and compressing twice are Errors", "[decoder][weights][errors]") {

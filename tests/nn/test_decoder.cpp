@@ -48,6 +48,50 @@ TEST_CASE("prefill equals token-by-token decode and chunked prefill", "[decoder]
   }
 }
 
+TEST_CASE("a 16-bit KV cache: prefill equals decode, logits near the f32 cache's, half the bytes", "[decoder][invariant][kv16]") {
+  for (const char* dir : {"llama_tiny", "gpt2_tiny"}) {
+    const auto f32 = hf::load_decoder<float>(test::fixture(dir));
+    std::vector<std::int32_t> tokens;
+    for (int i = 0; i < 40; ++i) tokens.push_back(std::int32_t((i * 29 + 3) % f32.config.vocab_size));
+    const auto exact = prefill_all(f32, tokens, 0);
+    for (WeightFormat f : {WeightFormat::f16, WeightFormat::bf16}) {
+      INFO(dir << " " << format_name(f));
+      auto m = hf::load_decoder<float>(test::fixture(dir));
+      m.set_kv_format(f);
+      CHECK(m.kv_format() == f);
+      const auto full = prefill_all(m, tokens, 0);
+      // Rounding keys and values (unit roundoff 2^-11 for f16, 2^-8 for bf16) moves the logits by
+      // about that much, relative; a cache that dropped or garbled rows would be far off.
+      const double err = test::relative_error<float>(full.view(), exact.view());
+      CHECK(err > 0.0);
+      CHECK(err <= (f == WeightFormat::f16 ? 2e-3 : 2e-2));
+      // Prefill, decode and chunked prefill store the same rounded keys, except where the float
+      // kernels' last-bit differences (1e-7, which the f32 cache shows as its 1e-5 bound) cross a
+      // rounding boundary of the 16-bit format; so they agree far within the rounding itself.
+      const double a = test::relative_error<float>(decode_one_by_one(m, tokens).view(), full.view());
+      const double b = test::relative_error<float>(prefill_all(m, tokens, 7).view(), full.view());
+      UNSCOPED_INFO("f32-cache error " << err << ", decode " << a << ", chunked " << b);
+      CHECK(a <= err / 4);
+      CHECK(b <= err / 4);
+      auto s16 = m.make_state(), s32 = f32.make_state();
+      m.prefill(tokens, s16), f32.prefill(tokens, s32);
+      for (std::size_t l = 0; l < s16.caches().size(); ++l) {
+        const auto &t16 = s16.caches()[l]->head(0), &t32 = s32.caches()[l]->head(0);
+        CHECK(s16.caches()[l]->format() == f);
+        // Two bytes a value, rows padded to 64 bytes (gpt2_tiny's 16-value heads: as many bytes as f32).
+        const std::size_t hd = std::size_t(m.config.head_dim);
+        CHECK(t16.bytes_per_token() - t16.packed_row_bytes() == 2 * 2 * std::size_t(padded_cols<std::uint16_t>(Index(hd))));
+        CHECK(t32.bytes_per_token() - t32.packed_row_bytes() == 2 * 4 * std::size_t(padded_cols<float>(Index(hd))));
+      }
+      CHECK(s16.copy().caches()[0]->format() == f);
+    }
+  }
+  auto m = hf::load_decoder<float>(test::fixture("llama_tiny"));
+  REQUIRE_THROWS_WITH(m.set_kv_format(WeightFormat::q8), Catch::Contains("f32, f16 or bf16, got q8"));
+  auto md = hf::load_decoder<double>(test::fixture("llama_tiny"));
+  REQUIRE_THROWS_WITH(md.set_kv_format(WeightFormat::f16), Catch::Contains("needs a float model"));
+}
+
 TEST_CASE("state copies fork a sequence; reset empties it; bytes track the cache", "[decoder]") {
   const auto m = hf::load_decoder<float>(test::fixture("llama_tiny"));
   const std::vector<std::int32_t> prefix = {1, 5, 9, 13, 17}, a = {2, 3}, b = {40, 41};
@@ -158,6 +202,9 @@ TEST_CASE("batched decode equals each sequence decoded alone", "[decoder][invari
     CHECK(batched_vs_alone(m, 5, 8, &h2o) == 0.0);
     m.compress_weights(WeightFormat::q8);
     CHECK(batched_vs_alone(m, 6, 3) == 0.0);
+    // A 16-bit KV cache (with the policy's evictions moving 16-bit rows).
+    m.set_kv_format(WeightFormat::f16);
+    CHECK(batched_vs_alone(m, 5, 8, &h2o) == 0.0);
   }
   // TTT models (Transformer and Mamba backbones, linear and MLP inner models): the projections
   // batched, the inner loop per state; prompts of 1-17 tokens put the states at different points

@@ -248,3 +248,84 @@ TEST_CASE("one token in and one out per step with slot reuse does not reallocate
   CHECK(a.sorted_positions().front() == 50);
   CHECK(a.lockstep());
 }
+
+TEST_CASE("a 16-bit token table rounds on append and keeps rows in lockstep through evict and gather", "[kv_cache][kv16]") {
+  for (WeightFormat f : {WeightFormat::f16, WeightFormat::bf16}) {
+    INFO(format_name(f));
+    const Index n = 60, d = 40;  // d not a multiple of the 32-value SIMD step: the tail is widened too
+    TokenTable<float> t(d);
+    t.set_format(f);
+    CHECK(t.format() == f);
+    const Index tag = t.add_column("tag", 1);
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal(0.f, 3.f);
+    Tensor<float> k({n, d}), v({n, d});
+    std::vector<std::int64_t> pos;
+    for (Index i = 0; i < n; ++i) {
+      for (Index c = 0; c < d; ++c) k(i, c) = normal(rng), v(i, c) = normal(rng);
+      k(i, 0) = float(i);  // exact in both formats (below 256): the row's tag
+      pos.push_back(500 + i);
+    }
+    t.append(k.view(), v.view(), pos);
+    for (Index i = 0; i < n; ++i) t.column(tag)(i, 0) = float(i);
+    // Each stored value is the scalar rounding of the float (nearest even), and reads back exactly.
+    const auto round = [&](float x) { return f == WeightFormat::f16 ? half_to_float(float_to_half(x)) : bf16_to_float(float_to_bf16(x)); };
+    Tensor<float> ks, vs;
+    const ConstView<float> kr = t.keys_as(ks), vr = t.values_as(vs);
+    bool exact = true, moved = false;
+    for (Index i = 0; i < n; ++i)
+      for (Index c = 0; c < d; ++c) {
+        exact = exact && kr(i, c) == round(k(i, c)) && vr(i, c) == round(v(i, c));
+        moved = moved || kr(i, c) != k(i, c);
+        exact = exact && t.keys16()(i, c) == (f == WeightFormat::f16 ? float_to_half(k(i, c)) : float_to_bf16(k(i, c)));
+      }
+    CHECK(exact);
+    CHECK(moved);  // the rounding is real (else this test would not see a missing conversion)
+    // Two bytes per key and value (rows padded to 64 bytes); half an f32 table's at head_dim 128.
+    CHECK(t.bytes_per_token() == 2 * 2 * std::size_t(padded_cols<std::uint16_t>(d)) + t.packed_row_bytes());
+    TokenTable<float> wide(128), narrow(128);
+    narrow.set_format(f);
+    CHECK(narrow.bytes_per_token() - narrow.packed_row_bytes() == (wide.bytes_per_token() - wide.packed_row_bytes()) / 2);
+    // Evict (slot reuse) and gather move whole rows: key tag, value row, position and column agree.
+    t.evict(std::vector<Index>{0, 7, 59, 30});
+    std::vector<Index> keep;
+    for (Index i = 0; i < t.size(); i += 2) keep.push_back(i);
+    t.gather(keep);
+    REQUIRE(t.size() == 28);
+    const ConstView<float> k2 = t.keys_as(ks), v2 = t.values_as(vs);
+    bool lockstep = true;
+    for (Index i = 0; i < t.size(); ++i) {
+      const Index src = Index(k2(i, 0));
+      lockstep = lockstep && t.position(i) == 500 + src && t.column(tag)(i, 0) == float(src) && v2(i, 5) == round(v(src, 5));
+    }
+    CHECK(lockstep);
+    // key_rows of a slice, set_key_row rounds, copies are deep.
+    Tensor<float> one;
+    CHECK(t.key_rows(3, 2, one).row(1)[0] == k2(4, 0));
+    std::vector<float> key(std::size_t(d), 1.0f / 3.0f);
+    auto c = t.copy();
+    c.set_key_row(2, key.data());
+    CHECK(c.key_rows(2, 1, one)(0, 3) == round(1.0f / 3.0f));
+    CHECK(t.key_rows(2, 1, one)(0, 3) == k2(2, 3));
+    // Errors: the f32 views of a 16-bit table, a format change with tokens, rows out of range.
+    REQUIRE_THROWS_WITH(t.keys(), Catch::Contains(std::string("stores its keys and values as ") + std::string(format_name(f))));
+    REQUIRE_THROWS_WITH(t.set_format(WeightFormat::f32), Catch::Contains("holds 28 tokens"));
+    REQUIRE_THROWS_WITH(t.key_rows(27, 2, one), Catch::Contains("rows [27, 29) outside [0, 28)"));
+    t.clear();
+    CHECK(t.size() == 0);
+    t.set_format(WeightFormat::f32);
+    CHECK_NOTHROW(t.keys());
+  }
+  TokenTable<float> t(8);
+  REQUIRE_THROWS_WITH(t.keys16(), Catch::Contains("model's type (f32)"));
+  REQUIRE_THROWS_WITH(t.set_format(WeightFormat::q4), Catch::Contains("f32, f16 or bf16, got q4"));
+  TokenTable<double> td(8);
+  REQUIRE_THROWS_WITH(td.set_format(WeightFormat::f16), Catch::Contains("needs a float model"));
+  LayerCache<float> lc(2, 8);
+  lc.set_format(WeightFormat::bf16);
+  CHECK(lc.copy().head(1).format() == WeightFormat::bf16);
+  CacheViews<float> views;
+  lc.views(views);
+  CHECK(views.k16.size() == 2);
+  CHECK(views.k.empty());
+}

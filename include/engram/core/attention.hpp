@@ -14,6 +14,7 @@
 #include "engram/core/parallel.hpp"
 #include "engram/core/simd.hpp"
 #include "engram/core/tensor.hpp"
+#include "engram/core/weights.hpp"
 #include "engram/core/workspace.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
@@ -52,6 +53,11 @@ inline constexpr Index kSinkRows = 16;
 /// h*d .. h*d+d-1); k[h], v[h] [Tk_h, head_dim] for each of the n_kv_heads = k.size() KV heads.
 /// Query head h reads KV head h / (n_heads / n_kv_heads). `out` may alias `q`.
 ///
+/// 16-bit keys and values (a KV cache stored in f16 or bf16, T = float only): leave k and v empty,
+/// set k16/v16 (the stored bit patterns, same shapes) and kv_format. Each block of keys is widened
+/// to float as it is read (or once per call for the K panels and V of a many-query step), so the
+/// result is the float kernel's on the widened values, bit for bit.
+///
 /// Sliding window (`window` > 0, causal only): query i, at index p = offset + i among the keys,
 /// sees key j iff p - window < j <= p, i.e. the `window` most recent keys including its own, the
 /// convention of Hugging Face Mistral (`kv_idx > q_idx - sliding_window` AND `kv_idx <= q_idx`).
@@ -80,7 +86,21 @@ struct AttentionInput {
   /// row that sees no key, NaN for a row whose scores are NaN.
   View<T> lse;
   Index window = 0;                       ///< sliding window in keys (causal only); 0: unlimited
+  std::span<const ConstView<std::uint16_t>> k16;  ///< keys as f16/bf16 bits (instead of k)
+  std::span<const ConstView<std::uint16_t>> v16;  ///< values as f16/bf16 bits (instead of v)
+  WeightFormat kv_format = WeightFormat::f32;     ///< f32: k and v; f16 or bf16: k16 and v16
 };
+
+/// Number of KV heads of an attention input (of whichever storage it uses).
+template <class T>
+Index kv_heads(const AttentionInput<T>& in) {
+  return in.kv_format == WeightFormat::f32 ? Index(in.k.size()) : Index(in.k16.size());
+}
+/// Number of keys of KV head h.
+template <class T>
+Index key_count(const AttentionInput<T>& in, Index h) {
+  return in.kv_format == WeightFormat::f32 ? in.k[std::size_t(h)].rows() : in.k16[std::size_t(h)].rows();
+}
 
 namespace attention_detail {
 
@@ -120,7 +140,7 @@ struct Plan {
   T scale;
   Index offset(Index kv) const {
     if (in.offset >= 0) return in.offset;
-    return in.mask == MaskKind::causal ? in.k[kv].rows() - n_q : 0;
+    return in.mask == MaskKind::causal ? key_count(in, kv) - n_q : 0;
   }
   Visible visible(Index kv, Index qi, Index j0, Index bc) const {
     const Index pos = offset(kv) + qi;
@@ -133,7 +153,7 @@ struct Plan {
   }
   /// Keys [first, last) that any of the queries q0 .. q1-1 may see.
   std::pair<Index, Index> key_range(Index kv, Index q0, Index q1) const {
-    const Index nk = in.k[kv].rows();
+    const Index nk = key_count(in, kv);
     switch (in.mask) {
       case MaskKind::causal:
         return {in.window > 0 ? std::clamp<Index>(offset(kv) + q0 - in.window + 1, 0, nk) : 0,
@@ -336,13 +356,34 @@ void online_softmax_rows(T* s, Index lds, Index n, Index bc, const Visible* vis,
 
 // Keys and values of one KV head in the layouts the kernels read: V (and K on the row path) with
 // rows readable up to d_pad; on the tiled path K transposed block by block into panels
-// [n_blocks, d, kKeyBlock] (a panel is contiguous; columns past the last key are zero).
+// [n_blocks, d, kKeyBlock] (a panel is contiguous; columns past the last key are zero). With 16-bit
+// storage on the row path, k16/v16 hold the stored rows and each key block is widened as it is read.
 template <class T>
 struct KeyValues {
+  Index nk = 0;
   ConstView<T> k, v;  // [nk, >= d_pad readable]
   Tensor<T> panels;   // tiled path only
   Tensor<T> k_copy, v_copy;
+  ConstView<std::uint16_t> k16, v16;  // row path with 16-bit storage only
+  WeightFormat format = WeightFormat::f32;
+  bool widen_blocks() const { return format != WeightFormat::f32 && panels.empty(); }
 };
+
+// Rows [r0, r0 + n) of 16-bit storage widened to T (= float: validate() refuses 16-bit storage
+// for double) into out [n, ld].
+template <class T>
+void widen_rows(ConstView<std::uint16_t> x, WeightFormat format, Index r0, Index n, T* out, Index ld) {
+  if constexpr (std::is_same_v<T, float>) engram::widen_rows(x, format, r0, n, out, ld);
+  else (void)x, (void)format, (void)r0, (void)n, (void)out, (void)ld;
+}
+
+// All rows of 16-bit storage x widened into a padded tensor.
+template <class T>
+Tensor<T> widened(ConstView<std::uint16_t> x, WeightFormat format) {
+  Tensor<T> t({x.rows(), x.cols()});
+  if (x.rows() > 0) widen_rows(x, format, 0, x.rows(), t.data(), t.stride());
+  return t;
+}
 
 template <class T>
 ConstView<T> readable_padded(ConstView<T> x, Index d_pad, Tensor<T>& storage) {
@@ -394,9 +435,22 @@ void block_scores(const Plan<T>& plan, const KeyValues<T>& kv, const T* qs, Inde
     constexpr Index KB = kKeyBlock<T>;
     const Index x0 = a / W<T>, x1 = (b + W<T> - 1) / W<T>;
     scores_panel(qs, ldq, n, plan.d, kv.panels.mat(j0 / KB).data(), KB, s, lds, x0, x1 - x0);
+  } else if (kv.widen_blocks()) {
+    T* kb = thread_scratch<ScratchTag, 17, T>(kKeyBlock<T> * plan.d_pad);
+    widen_rows(kv.k16, kv.format, j0 + a, b - a, kb, plan.d_pad);
+    scores_rows(qs, ldq, n, plan.d, kb, plan.d_pad, b - a, s + a, lds);
   } else {
     scores_rows(qs, ldq, n, plan.d, kv.k.row(0) + (j0 + a) * kv.k.stride(), kv.k.stride(), b - a, s + a, lds);
   }
+}
+
+// Value rows j .. j + n - 1 (n <= kKeyBlock) as T: the stored rows, or widened into scratch.
+template <class T>
+std::pair<const T*, Index> value_rows(const Plan<T>& plan, const KeyValues<T>& kv, Index j, Index n) {
+  if (!kv.widen_blocks()) return {kv.v.row(j), kv.v.stride()};
+  T* vb = thread_scratch<ScratchTag, 18, T>(kKeyBlock<T> * plan.d_pad);
+  widen_rows(kv.v16, kv.format, j, n, vb, plan.d_pad);
+  return {vb, plan.d_pad};
 }
 
 template <class T>
@@ -451,7 +505,7 @@ void flash_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, RowS
   for (Index r = 1; r < n; ++r) q_lo = std::min(q_lo, rows.qi[r]), q_hi = std::max(q_hi, rows.qi[r] + 1);
   const auto [first, last] = plan.key_range(kv_head, q_lo, q_hi);
   for (Index j0 = first / KB * KB; j0 < last; j0 += KB) {
-    const Index bc = std::min(KB, kv.k.rows() - j0);
+    const Index bc = std::min(KB, kv.nk - j0);
     // Keys [a, b) of this block are the ones some row sees: the first and last blocks of a range
     // (the causal diagonal, the far edge of a window) compute and accumulate only those.
     const Index a = std::max<Index>(first - j0, 0), b = std::min(bc, last - j0);
@@ -469,7 +523,8 @@ void flash_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, RowS
     }
     online_softmax_rows(s, KB, n, bc, vis, m, l, o, d_pad);
     if (strip) keep_tile(*strip, j0, s, n, bc, m);
-    rank_update<T, false>(s + a, KB, n, b - a, kv.v.row(j0 + a), kv.v.stride(), o, d_pad, d_pad);  // O += P V
+    const auto [vrows, ldv] = value_rows(plan, kv, j0 + a, b - a);
+    rank_update<T, false>(s + a, KB, n, b - a, vrows, ldv, o, d_pad, d_pad);  // O += P V
   }
   for (Index r = 0; r < n; ++r) {
     T* dst = plan.in.out.row(rows.qi[r]) + rows.qh[r] * plan.d;
@@ -504,7 +559,7 @@ void sink_task_recompute(const Plan<T>& plan, Index kv_head, const KeyValues<T>&
   const auto [first, last] = plan.key_range(kv_head, q0, q1);
   const T inv_group = T(1) / T(G);
   for (Index j0 = first / KB * KB; j0 < last; j0 += KB) {
-    const Index bc = std::min(KB, kv.k.rows() - j0);
+    const Index bc = std::min(KB, kv.nk - j0);
     std::fill(avg, avg + n * KB, T(0));
     for (Index g = 0; g < G; ++g) {
       block_scores(plan, kv, qs + g * kSinkRows * d_pad, d_pad, n, j0, 0, bc, s, KB);
@@ -564,7 +619,7 @@ void sink_task(const Plan<T>& plan, Index kv_head, const KeyValues<T>& kv, Index
   for (Index r = 0; r < rows; ++r)
     simd::scale(l[r] == T(0) ? T(0) : inv_group / l[r], factor + r * n_blocks, n_blocks);
   for (Index b = 0; b < n_blocks; ++b) {
-    const Index j0 = j_first + b * KB, bc = std::min(KB, kv.k.rows() - j0);
+    const Index j0 = j_first + b * KB, bc = std::min(KB, kv.nk - j0);
     std::fill(avg, avg + n * KB, T(0));
     for (Index g = 0; g < G; ++g)
       for (Index q = 0; q < n; ++q) {
@@ -583,28 +638,43 @@ void validate(const AttentionInput<T>& in) {
   constexpr const char* where = "attention";
   check(in.n_heads > 0 && in.head_dim > 0, where, "n_heads and head_dim must be positive, got ", in.n_heads, " and ",
         in.head_dim);
-  const Index n_kv = Index(in.k.size());
-  check(n_kv > 0 && Index(in.v.size()) == n_kv, where, "expected the same positive number of K and V heads, got ",
-        in.k.size(), " and ", in.v.size());
+  const bool half = in.kv_format != WeightFormat::f32;
+  if (half) {
+    check(in.kv_format == WeightFormat::f16 || in.kv_format == WeightFormat::bf16, where,
+          "keys and values are stored as f32, f16 or bf16, got kv_format ", format_name(in.kv_format));
+    check(std::is_same_v<T, float>, where, "16-bit keys and values (", format_name(in.kv_format), ") need float attention, this one computes in double");
+    check(in.k.empty() && in.v.empty(), where, "kv_format ", format_name(in.kv_format), " reads k16/v16; k and v must be empty, got ",
+          in.k.size(), " and ", in.v.size(), " heads");
+  } else {
+    check(in.k16.empty() && in.v16.empty(), where, "k16/v16 are set (", in.k16.size(), " heads) but kv_format is f32");
+  }
+  const Index n_kv = kv_heads(in), n_v = half ? Index(in.v16.size()) : Index(in.v.size());
+  check(n_kv > 0 && n_v == n_kv, where, "expected the same positive number of K and V heads, got ", n_kv, " and ", n_v);
   check(in.n_heads % n_kv == 0, where, in.n_heads, " query heads are not a multiple of ", n_kv, " KV heads");
   check_shape(in.q, -1, in.n_heads * in.head_dim, where, "q");
   check_shape(in.out, in.q.rows(), in.n_heads * in.head_dim, where, "out");
   for (Index h = 0; h < n_kv; ++h) {
-    check_shape(in.k[h], -1, in.head_dim, where, "k[" + std::to_string(h) + "]");
-    check_shape(in.v[h], in.k[h].rows(), in.head_dim, where, "v[" + std::to_string(h) + "]");
+    const std::string kn = "k[" + std::to_string(h) + "]", vn = "v[" + std::to_string(h) + "]";
+    if (half) {
+      check_shape(in.k16[h], -1, in.head_dim, where, kn);
+      check_shape(in.v16[h], in.k16[h].rows(), in.head_dim, where, vn);
+    } else {
+      check_shape(in.k[h], -1, in.head_dim, where, kn);
+      check_shape(in.v[h], in.k[h].rows(), in.head_dim, where, vn);
+    }
     if (in.mask == MaskKind::causal && in.offset < 0)
-      check(in.k[h].rows() >= in.q.rows(), where, "causal attention with ", in.q.rows(), " queries needs at least as many keys, KV head ", h, " has ", in.k[h].rows());
+      check(key_count(in, h) >= in.q.rows(), where, "causal attention with ", in.q.rows(), " queries needs at least as many keys, KV head ", h, " has ", key_count(in, h));
   }
   if (in.mask == MaskKind::custom) {
     for (Index h = 0; h < n_kv; ++h)
-      check(in.k[h].rows() == in.k[0].rows(), where, "a custom mask needs the same key count in every KV head");
-    check_shape(in.custom_mask, in.q.rows(), in.k[0].rows(), where, "custom_mask");
+      check(key_count(in, h) == key_count(in, 0), where, "a custom mask needs the same key count in every KV head");
+    check_shape(in.custom_mask, in.q.rows(), key_count(in, 0), where, "custom_mask");
   }
   check(in.offset >= -1, where, "offset must be >= 0 (or -1 for the default), got ", in.offset);
   // Query 0's index among the keys: past the last key every causal row would see all keys and every
   // reverse-causal row none, which is a caller's bookkeeping error, not a mask.
   for (Index h = 0; h < n_kv && in.offset >= 0; ++h)
-    check(in.offset <= in.k[h].rows(), where, "offset ", in.offset, " is past the ", in.k[h].rows(), " keys of KV head ", h);
+    check(in.offset <= key_count(in, h), where, "offset ", in.offset, " is past the ", key_count(in, h), " keys of KV head ", h);
   check(in.window >= 0, where, "window must be >= 0 (0: no window), got ", in.window);
   check(in.sink_strip_limit >= 0, where, "sink_strip_limit must be >= 0 bytes (0: always recompute), got ", in.sink_strip_limit);
   check(in.window == 0 || in.mask == MaskKind::causal, where, "a sliding window (", in.window,
@@ -625,7 +695,7 @@ void attention(const AttentionInput<T>& in) {
   validate(in);
   const Index n_q = in.q.rows();
   if (n_q == 0) return;
-  const Index n_kv = Index(in.k.size());
+  const Index n_kv = kv_heads(in);
   const Index d_pad = padded_cols<T>(in.head_dim);
   const Plan<T> plan{in, n_kv, in.n_heads / n_kv, in.head_dim, d_pad, n_q,
                      in.scale != T(0) ? in.scale : T(1) / std::sqrt(T(in.head_dim))};
@@ -634,6 +704,20 @@ void attention(const AttentionInput<T>& in) {
   std::vector<KeyValues<T>> kvs(static_cast<std::size_t>(n_kv));
   parallel_for(0, n_kv, [&](Index h) {
     KeyValues<T>& kv = kvs[std::size_t(h)];
+    kv.nk = key_count(in, h);
+    kv.format = in.kv_format;
+    if (in.kv_format != WeightFormat::f32) {
+      // Many queries: widen once per call (the panels are a copy anyway). Few (decode): per key block.
+      if (tiled) {
+        kv.k_copy = widened<T>(in.k16[h], in.kv_format);
+        kv.panels = key_panels(ConstView<T>(kv.k_copy.view()));
+        kv.v_copy = widened<T>(in.v16[h], in.kv_format);
+        kv.v = kv.v_copy.view();
+      } else {
+        kv.k16 = in.k16[h], kv.v16 = in.v16[h];
+      }
+      return;
+    }
     kv.v = readable_padded(in.v[h], d_pad, kv.v_copy);
     kv.k = in.k[h];
     if (tiled) {
@@ -677,10 +761,10 @@ void attention(const AttentionInput<T>& in) {
 /// head and the sink recomputes them (what FLOP reports count).
 template <class T>
 int sink_score_passes(const AttentionInput<T>& in) {
-  if (!in.sink || in.k.empty()) return 1;
+  if (!in.sink || kv_heads(in) == 0) return 1;
   Index longest = 0;
-  for (const auto& k : in.k) longest = std::max(longest, k.rows());
-  const Index group = in.n_heads / Index(in.k.size()), rows = group * std::min(kSinkRows, in.q.rows());
+  for (Index h = 0; h < kv_heads(in); ++h) longest = std::max(longest, key_count(in, h));
+  const Index group = in.n_heads / kv_heads(in), rows = group * std::min(kSinkRows, in.q.rows());
   const Index keys = (longest + attention_detail::kKeyBlock<T> - 1) / attention_detail::kKeyBlock<T> * attention_detail::kKeyBlock<T>;
   return Index(sizeof(T)) * rows * keys > in.sink_strip_limit ? 2 : 1;
 }
@@ -689,7 +773,7 @@ int sink_score_passes(const AttentionInput<T>& in) {
 /// the sliding window applied): the analytic count behind FLOP reports (2 * pairs * head_dim per product).
 template <class T>
 double visible_pairs(const AttentionInput<T>& in, Index kv_head) {
-  const Index n_q = in.q.rows(), nk = in.k[kv_head].rows();
+  const Index n_q = in.q.rows(), nk = key_count(in, kv_head);
   switch (in.mask) {
     case MaskKind::causal: {
       const Index off = in.offset >= 0 ? in.offset : nk - n_q;

@@ -245,6 +245,29 @@ inline void decode_row(const WeightView& w, Index r, Index c0, Index n, float* o
   decode::dispatch(w.format, [&]<WeightFormat F>() { decode::decode_range<F>(w.row(r), c0, n, out); });
 }
 
+/// Rows [r0, r0 + n) of 16-bit floats x (f16 or bf16 bit patterns) widened to fp32 into out [n, ld]
+/// (exact); columns x.cols() .. ld - 1 of out are set to zero, so kernels may read padded rows.
+inline void widen_rows(ConstView<std::uint16_t> x, WeightFormat format, Index r0, Index n, float* out, Index ld) {
+  check(format == WeightFormat::f16 || format == WeightFormat::bf16, "widen_rows", "expected f16 or bf16, got ", format_name(format));
+  const Index d = x.cols();
+  decode::dispatch(format, [&]<WeightFormat F>() {
+    if constexpr (F == WeightFormat::bf16 || F == WeightFormat::f16)
+      for (Index r = 0; r < n; ++r) {
+        decode::decode_range<F>(reinterpret_cast<const unsigned char*>(x.row(r0 + r)), 0, d, out + r * ld);
+        std::fill(out + r * ld + d, out + (r + 1) * ld, 0.0f);
+      }
+  });
+}
+
+/// x[0 .. n) rounded to nearest even into 16-bit floats (f16 or bf16 bit patterns).
+inline void narrow_row(const float* x, Index n, WeightFormat format, std::uint16_t* out) {
+  check(format == WeightFormat::f16 || format == WeightFormat::bf16, "narrow_row", "expected f16 or bf16, got ", format_name(format));
+  if (format == WeightFormat::f16)
+    for (Index c = 0; c < n; ++c) out[c] = float_to_half(x[c]);
+  else
+    for (Index c = 0; c < n; ++c) out[c] = float_to_bf16(x[c]);
+}
+
 // ---- Quantisation ------------------------------------------------------------------------------
 namespace detail {
 // Largest magnitude a f16 holds; q8/q4 scales and f16 weights beyond it cannot be stored.

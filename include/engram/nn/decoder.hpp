@@ -147,6 +147,20 @@ class Decoder {
     return n;
   }
 
+  /// Stores the KV caches of states made from now on (make_state) as `format`: f32 (the default,
+  /// the model's type), f16 or bf16 (float models only; half the bytes per cached token, rounded to
+  /// nearest even, widened back to float as attention reads them). Throws Error for q8/q4 or a
+  /// double model. States made before keep their format.
+  void set_kv_format(WeightFormat format) {
+    check(format == WeightFormat::f32 || format == WeightFormat::f16 || format == WeightFormat::bf16, "Decoder::set_kv_format",
+          "the KV cache is stored as f32, f16 or bf16, got ", format_name(format));
+    check(format == WeightFormat::f32 || std::is_same_v<T, float>, "Decoder::set_kv_format", "a ", format_name(format),
+          " KV cache needs a float model, this one computes in double");
+    kv_format_ = format;
+  }
+  /// How the KV caches of new states are stored (f32 until set_kv_format).
+  WeightFormat kv_format() const { return kv_format_; }
+
   /// The per-sequence state: caches (and any other layer state), position, FLOP counter, policy.
   class State {
    public:
@@ -239,8 +253,10 @@ class Decoder {
         if (s.layers_.back().back() && s.layers_.back().back()->kv_cache()) ++n_attention;
       }
     }
-    for (LayerCache<T>* c : s.caches())
+    for (LayerCache<T>* c : s.caches()) {
       if (config.positions == PositionKind::rope) c->rotation = KeyRotation{inv_freq, config.rope_pairing};
+      c->set_format(kv_format_);
+    }
     if (policy) {
       s.policy_state_ = policy->make_state(n_attention, config.n_kv_heads);
       for (LayerCache<T>* c : s.caches()) policy->attach(*c);
@@ -482,6 +498,7 @@ class Decoder {
 
   CompressedMatrix tied_head_;                   ///< the tied LM head's compressed copy (compress_weights)
   WeightFormat weight_format_ = WeightFormat::f32;
+  WeightFormat kv_format_ = WeightFormat::f32;
 
   // A bidirectional model's default mask is "none" (as in forward_embeddings).
   TrainContext<T> with_mask(const TrainContext<T>& ctx) const {

@@ -13,8 +13,11 @@
 #include <utility>
 #include <vector>
 
+#include "engram/core/attention.hpp"
+#include "engram/core/half.hpp"
 #include "engram/core/ops.hpp"
 #include "engram/core/tensor.hpp"
+#include "engram/core/weights.hpp"
 
 ENGRAM_NAMESPACE_BEGIN
 
@@ -96,18 +99,59 @@ class PackedRows {
 /// tokens contiguously after every cached token, so the causal mask by row is the causal mask by
 /// position), policies select by position, and NAMM, whose scorer reads tokens oldest first,
 /// evicts with the order-keeping gather().
+///
+/// Keys and values are stored in T (format f32, the default) or, for T = float, as f16 or bf16
+/// (set_format on an empty table): half the bytes, rounded to nearest even on append. keys() and
+/// values() are the T rows of an f32 table; keys16()/values16() the stored bits of a 16-bit one;
+/// key_rows()/value_rows() read either as T.
 template <class T>
 class TokenTable {
  public:
   TokenTable() = default;
   explicit TokenTable(Index head_dim) : d_(head_dim), k_({0, head_dim}), v_({0, head_dim}), rows_(kPositionBytes) {}
 
-  Index size() const { return k_.rows(); }
+  Index size() const { return half() ? k16_.rows() : k_.rows(); }
   Index head_dim() const { return d_; }
-  ConstView<T> keys() const { return k_.view(); }
-  ConstView<T> values() const { return v_.view(); }
-  View<T> keys() { return k_.view(); }
-  View<T> values() { return v_.view(); }
+  /// How keys and values are stored: f32 (in T), f16 or bf16.
+  WeightFormat format() const { return format_; }
+  /// Stores keys and values as `format` (f32, f16 or bf16; 16-bit needs T = float); the table must
+  /// be empty. Throws Error otherwise.
+  void set_format(WeightFormat format) {
+    check(format == WeightFormat::f32 || format == WeightFormat::f16 || format == WeightFormat::bf16, "TokenTable::set_format",
+          "keys and values are stored as f32, f16 or bf16, got ", format_name(format));
+    check(format == WeightFormat::f32 || std::is_same_v<T, float>, "TokenTable::set_format", "a ", format_name(format),
+          " cache needs a float model, this one computes in double");
+    check(size() == 0, "TokenTable::set_format", "the table holds ", size(), " tokens; set the format of an empty cache");
+    format_ = format;
+    if (half()) {
+      k_ = Tensor<T>(), v_ = Tensor<T>();
+      k16_ = Tensor<std::uint16_t>({0, d_}), v16_ = Tensor<std::uint16_t>({0, d_});
+    } else {
+      k_ = Tensor<T>({0, d_}), v_ = Tensor<T>({0, d_});
+      k16_ = Tensor<std::uint16_t>(), v16_ = Tensor<std::uint16_t>();
+    }
+  }
+  /// Keys and values [size, head_dim] of an f32 table (an Error for a 16-bit one: see key_rows()).
+  ConstView<T> keys() const { return native(k_, "keys"); }
+  ConstView<T> values() const { return native(v_, "values"); }
+  View<T> keys() { return native(k_, "keys"); }
+  View<T> values() { return native(v_, "values"); }
+  /// The stored bits of a 16-bit table's keys and values [size, head_dim] (an Error for f32).
+  ConstView<std::uint16_t> keys16() const { return stored16(k16_, "keys16"); }
+  ConstView<std::uint16_t> values16() const { return stored16(v16_, "values16"); }
+  /// Keys of rows [first, first + n) as T: a view of the rows of an f32 table, or the 16-bit rows
+  /// widened into `scratch` (exact: every f16/bf16 value is a float).
+  ConstView<T> key_rows(Index first, Index n, Tensor<T>& scratch) const { return rows_as(k_, k16_, first, n, scratch, "key_rows"); }
+  ConstView<T> value_rows(Index first, Index n, Tensor<T>& scratch) const { return rows_as(v_, v16_, first, n, scratch, "value_rows"); }
+  /// Every key / value as T (key_rows over the whole table).
+  ConstView<T> keys_as(Tensor<T>& scratch) const { return key_rows(0, size(), scratch); }
+  ConstView<T> values_as(Tensor<T>& scratch) const { return value_rows(0, size(), scratch); }
+  /// Overwrites the key of row r with key[0 .. head_dim) (rounded to the storage format).
+  void set_key_row(Index r, const T* key) {
+    check(r >= 0 && r < size(), "TokenTable::set_key_row", "row ", r, " outside [0, ", size(), ")");
+    if (half()) narrow(key, k16_.row(r));
+    else std::copy_n(key, d_, k_.row(r));
+  }
   std::int64_t position(Index i) const {
     ENGRAM_ASSERT(i >= 0 && i < size());
     std::int64_t p;
@@ -179,12 +223,16 @@ class TokenTable {
     check_shape(v, n, d_, "TokenTable::append", "values");
     check(Index(positions.size()) == n, "TokenTable::append", "expected ", n, " positions, got ", positions.size());
     const Index old = size();
-    k_.resize_rows(old + n);
-    v_.resize_rows(old + n);
+    each_kv([&](auto& t) { t.resize_rows(old + n); });
     rows_.resize_rows(old + n);
     for (Index i = 0; i < n; ++i) {
-      std::copy_n(k.row(i), d_, k_.row(old + i));
-      std::copy_n(v.row(i), d_, v_.row(old + i));
+      if (half()) {
+        narrow(k.row(i), k16_.row(old + i));
+        narrow(v.row(i), v16_.row(old + i));
+      } else {
+        std::copy_n(k.row(i), d_, k_.row(old + i));
+        std::copy_n(v.row(i), d_, v_.row(old + i));
+      }
       std::memcpy(rows_.row(old + i), &positions[std::size_t(i)], sizeof(std::int64_t));
     }
   }
@@ -244,17 +292,17 @@ class TokenTable {
 
   /// Drops every token (columns stay registered).
   void clear() {
-    k_ = Tensor<T>({0, d_});
-    v_ = Tensor<T>({0, d_});
+    each_kv([&](auto& t) { t = std::remove_reference_t<decltype(t)>({0, d_}); });
     rows_ = kv_detail::PackedRows(rows_.row_bytes());
   }
 
   /// Bytes actually allocated by every column (capacity included).
-  std::size_t bytes() const { return k_.bytes() + v_.bytes() + rows_.bytes(); }
-  /// Bytes one token occupies: its key and value rows (padded for the kernels) and its packed row
-  /// (position and policy columns).
+  std::size_t bytes() const { return k_.bytes() + v_.bytes() + k16_.bytes() + v16_.bytes() + rows_.bytes(); }
+  /// Bytes one token occupies: its key and value rows (padded for the kernels, in the storage
+  /// format) and its packed row (position and policy columns).
   std::size_t bytes_per_token() const {
-    return sizeof(T) * std::size_t(k_.stride() + v_.stride()) + std::size_t(rows_.row_bytes());
+    const std::size_t kv = half() ? 2 * std::size_t(k16_.stride() + v16_.stride()) : sizeof(T) * std::size_t(k_.stride() + v_.stride());
+    return kv + std::size_t(rows_.row_bytes());
   }
   /// Bytes per token of the position and the policy columns alone.
   std::size_t packed_row_bytes() const { return std::size_t(rows_.row_bytes()); }
@@ -264,6 +312,9 @@ class TokenTable {
     t.d_ = d_;
     t.k_ = k_.copy();
     t.v_ = v_.copy();
+    t.k16_ = k16_.copy();
+    t.v16_ = v16_.copy();
+    t.format_ = format_;
     t.rows_ = rows_.copy();
     t.cols_ = cols_;
     t.padding_ = padding_;
@@ -296,20 +347,55 @@ class TokenTable {
     return MatrixView<U>(reinterpret_cast<U*>(base), size(), width, stride);
   }
 
+  bool half() const { return format_ != WeightFormat::f32; }
+  // f(keys), f(values) on the storage in use (Tensor<T> or Tensor<std::uint16_t>).
+  template <class F>
+  void each_kv(F&& f) {
+    if (half()) f(k16_), f(v16_);
+    else f(k_), f(v_);
+  }
+  View<T> native(const Tensor<T>& t, const char* what) const {
+    check(!half(), "TokenTable::", what, ": this cache stores its keys and values as ", format_name(format_),
+          "; read them with key_rows()/value_rows() (as T) or keys16()/values16()");
+    return const_cast<Tensor<T>&>(t).view();
+  }
+  ConstView<std::uint16_t> stored16(const Tensor<std::uint16_t>& t, const char* what) const {
+    check(half(), "TokenTable::", what, ": this cache stores its keys and values in the model's type (f32); read keys()/values()");
+    return t.view();
+  }
+  ConstView<T> rows_as(const Tensor<T>& t, const Tensor<std::uint16_t>& t16, Index first, Index n, Tensor<T>& scratch,
+                       const char* what) const {
+    check(first >= 0 && n >= 0 && first + n <= size(), "TokenTable::", what, ": rows [", first, ", ", first + n, ") outside [0, ", size(), ")");
+    if (!half()) return t.view().middle_rows(first, n);
+    if (scratch.rows() < n || scratch.cols() != d_) scratch = Tensor<T>({n, d_});
+    const View<T> out = scratch.view().middle_rows(0, n);
+    if constexpr (std::is_same_v<T, float>)
+      if (n > 0) widen_rows(t16.view(), format_, first, n, out.data(), out.stride());
+    return out;
+  }
+  // One row of d_ values rounded to the 16-bit format (set_format admits it for float only).
+  void narrow(const T* x, std::uint16_t* out) const {
+    if constexpr (std::is_same_v<T, float>) narrow_row(x, d_, format_, out);
+    else (void)x, (void)out;
+  }
+
   void move_row(Index from, Index to) {
-    std::copy_n(k_.row(from), k_.stride(), k_.row(to));
-    std::copy_n(v_.row(from), v_.stride(), v_.row(to));
+    if (half()) {
+      std::copy_n(k16_.row(from), k16_.stride(), k16_.row(to));
+      std::copy_n(v16_.row(from), v16_.stride(), v16_.row(to));
+    } else {
+      std::copy_n(k_.row(from), k_.stride(), k_.row(to));
+      std::copy_n(v_.row(from), v_.stride(), v_.row(to));
+    }
     rows_.copy_row(from, to);
   }
   // Shrinks every column to n rows; memory is returned once at least half the capacity is unused
   // (a quarter of headroom is kept, so one token in and one out per step never reallocates).
   void resize_all(Index n) {
-    k_.resize_rows(n);
-    v_.resize_rows(n);
+    each_kv([&](auto& t) { t.resize_rows(n); });
     rows_.resize_rows(n);
-    if (k_.capacity_rows() >= 2 * n) {
-      k_.shrink_to(n + n / 4);
-      v_.shrink_to(n + n / 4);
+    if ((half() ? k16_.capacity_rows() : k_.capacity_rows()) >= 2 * n) {
+      each_kv([&](auto& t) { t.shrink_to(n + n / 4); });
       rows_.shrink_to(n + n / 4);
     }
   }
@@ -321,7 +407,9 @@ class TokenTable {
   }
 
   Index d_ = 0;
-  Tensor<T> k_, v_;
+  Tensor<T> k_, v_;                    // format f32
+  Tensor<std::uint16_t> k16_, v16_;    // format f16 / bf16
+  WeightFormat format_ = WeightFormat::f32;
   kv_detail::PackedRows rows_{kPositionBytes};
   std::vector<Column> cols_;
   Index padding_ = 0;  // unused bytes at the end of a packed row (alignment)
@@ -336,6 +424,21 @@ struct KeyRotation {
   std::vector<double> inv_freq;
   RopePairing pairing = RopePairing::rotate_half;
   bool rope() const { return !inv_freq.empty(); }
+};
+
+/// Views of every KV head's keys and values of a layer cache, as attention() reads them (in T, or
+/// the stored 16-bit bits). Reusable: LayerCache::views() refills it without reallocating.
+template <class T>
+struct CacheViews {
+  std::vector<ConstView<T>> k, v;
+  std::vector<ConstView<std::uint16_t>> k16, v16;
+  WeightFormat format = WeightFormat::f32;
+  /// Points the input's keys and values (k/v, or k16/v16 and kv_format) at these views.
+  void bind(AttentionInput<T>& in) const {
+    in.kv_format = format;
+    if (format == WeightFormat::f32) in.k = k, in.v = v, in.k16 = {}, in.v16 = {};
+    else in.k16 = k16, in.v16 = v16, in.k = {}, in.v = {};
+  }
 };
 
 /// The cache of one attention layer: a token table per KV head.
@@ -380,6 +483,23 @@ class LayerCache {
       heads_[std::size_t(h)].append(k_all.middle_cols(h * d, d), v_all.middle_cols(h * d, d), positions);
   }
 
+  /// Stores every head's keys and values as `format` (f32, f16 or bf16: TokenTable::set_format;
+  /// the cache must be empty).
+  void set_format(WeightFormat format) {
+    for (auto& h : heads_) h.set_format(format);
+    format_ = format;
+  }
+  WeightFormat format() const { return format_; }
+  /// Fills `out` with every head's keys and values (reusing its vectors).
+  void views(CacheViews<T>& out) const {
+    out.k.clear(), out.v.clear(), out.k16.clear(), out.v16.clear();
+    out.format = format_;
+    for (const auto& h : heads_) {
+      if (format_ == WeightFormat::f32) out.k.push_back(h.keys()), out.v.push_back(h.values());
+      else out.k16.push_back(h.keys16()), out.v16.push_back(h.values16());
+    }
+  }
+
   /// Slot reuse (default) or order-keeping compaction for every head's evict().
   void set_slot_reuse(bool on) {
     for (auto& h : heads_) h.set_slot_reuse(on);
@@ -397,6 +517,7 @@ class LayerCache {
     LayerCache c;
     for (const auto& h : heads_) c.heads_.push_back(h.copy());
     c.rotation = rotation;
+    c.format_ = format_;
     return c;
   }
   void clear() {
@@ -405,6 +526,7 @@ class LayerCache {
 
  private:
   std::vector<TokenTable<T>> heads_;
+  WeightFormat format_ = WeightFormat::f32;
 };
 
 ENGRAM_NAMESPACE_END

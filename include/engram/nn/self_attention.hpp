@@ -109,13 +109,11 @@ class SelfAttention final : public SequenceLayer<T> {
     if (policy_queries) ctx.policy->queries(ctx.attention_layer, raw_q, q, cache, ctx.policy_state, step);
 
     // Views of every head's keys and values; reused per thread, so a warm decode step allocates nothing here.
-    thread_local std::vector<ConstView<T>> keys, values;
-    keys.clear(), values.clear();
-    for (Index h = 0; h < n_kv_heads; ++h) keys.push_back(cache.head(h).keys()), values.push_back(cache.head(h).values());
+    thread_local CacheViews<T> views;
+    cache.views(views);
     AttentionInput<T> in;
     in.q = q;
-    in.k = keys;
-    in.v = values;
+    views.bind(in);
     in.out = attn;
     in.n_heads = n_heads;
     in.head_dim = head_dim;

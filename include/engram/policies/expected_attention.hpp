@@ -231,7 +231,8 @@ class ExpectedAttentionPolicy final : public detail::BudgetPolicy<T> {
       const auto [mean, cov] = rotated_statistics(s, c.rotation, h, group, step.tokens_seen);
       std::vector<bool> sink(std::size_t(t.size()));
       for (Index i = 0; i < t.size(); ++i) sink[std::size_t(i)] = t.position(i) < std::int64_t(o_.n_sink);
-      const auto score = expected_attention_scores<T>(t.keys(), t.values(), mean, cov, group, sink, o_);
+      Tensor<T> ks, vs;  // the keys and values as T, for a 16-bit cache
+      const auto score = expected_attention_scores<T>(t.keys_as(ks), t.values_as(vs), mean, cov, group, sink, o_);
       detail::evict_lowest(t, t.size() - budget, [&](Index i) { return score[std::size_t(i)]; }, [](Index) { return true; });
     }
   }

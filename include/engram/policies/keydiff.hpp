@@ -80,18 +80,21 @@ class KeyDiffPolicy final : public detail::BudgetPolicy<T> {
     const std::int64_t newest = std::int64_t(step.tokens_seen) - 1;
     thread_local std::vector<T> anchor;
     thread_local std::vector<T> similarity;
+    thread_local Tensor<T> scratch;  // the keys as T, for a 16-bit cache
     for (Index h = 0; h < c.n_heads(); ++h) {
       TokenTable<T>& t = c.head(h);
       const Index d = t.head_dim(), n = t.size();
       std::vector<double>& sum = sums.at(std::size_t(h));
       sum.resize(std::size_t(d), 0.0);
       View<T> inv = t.column(t.column_id(kColumn));
-      const ConstView<T> k = t.keys();
-      for (Index i = n - step.n_new; i < n; ++i) {  // the step's tokens enter the anchor
-        inv(i, 0) = T(1) / std::max(std::sqrt(simd::dot(k.row(i), k.row(i), d)), T(1e-12));
-        for (Index c2 = 0; c2 < d; ++c2) sum[std::size_t(c2)] += double(k(i, c2)) * double(inv(i, 0));
+      const ConstView<T> fresh = t.key_rows(n - step.n_new, step.n_new, scratch);
+      for (Index j = 0; j < step.n_new; ++j) {  // the step's tokens enter the anchor
+        const Index i = n - step.n_new + j;
+        inv(i, 0) = T(1) / std::max(std::sqrt(simd::dot(fresh.row(j), fresh.row(j), d)), T(1e-12));
+        for (Index c2 = 0; c2 < d; ++c2) sum[std::size_t(c2)] += double(fresh(j, c2)) * double(inv(i, 0));
       }
       if (n <= budget) continue;
+      const ConstView<T> k = t.keys_as(scratch);
       // cos(k_i, a) ranks like (k_i . sum) / |k_i|: the anchor's length is the same for every token.
       anchor.resize(std::size_t(d));
       for (Index c2 = 0; c2 < d; ++c2) anchor[std::size_t(c2)] = T(sum[std::size_t(c2)]);

@@ -27,11 +27,13 @@ class KNormPolicy final : public detail::BudgetPolicy<T> {
   void attach(LayerCache<T>& c) const override { c.add_column(kColumn, 1); }
   void after_layer(Index, LayerCache<T>& c, PolicyState*, const StepInfo& step) const override {
     const std::int64_t newest = std::int64_t(step.tokens_seen) - 1;
+    thread_local Tensor<T> scratch;  // the step's keys as T, for a 16-bit cache
     for (Index h = 0; h < c.n_heads(); ++h) {  // the step's tokens are the last n_new rows
       TokenTable<T>& t = c.head(h);
       View<T> norm = t.column(t.column_id(kColumn));
-      const ConstView<T> k = t.keys();
-      for (Index i = t.size() - step.n_new; i < t.size(); ++i) norm(i, 0) = std::sqrt(simd::dot(k.row(i), k.row(i), k.cols()));
+      const Index first = t.size() - step.n_new;
+      const ConstView<T> k = t.key_rows(first, step.n_new, scratch);
+      for (Index j = 0; j < step.n_new; ++j) norm(first + j, 0) = std::sqrt(simd::dot(k.row(j), k.row(j), k.cols()));
     }
     this->trim_heads(c, step, [&](TokenTable<T>& t, Index excess) {
       const ConstView<T> norm = t.column(t.column_id(kColumn));

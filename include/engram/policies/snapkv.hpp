@@ -109,8 +109,8 @@ class SnapKVPolicy final : public detail::BudgetPolicy<T> {
         check(c.head(h).position(j) == t0.position(j), "SnapKVPolicy", "heads of a layer hold their tokens in different rows");
     for (Index r = 0; r < w; ++r)
       for (Index j = 0; j < n; ++j) mask(r, j) = t0.position(j) <= std::int64_t(step.tokens_seen - w + r);
-    std::vector<ConstView<T>> keys, values;
-    for (Index h = 0; h < c.n_heads(); ++h) keys.push_back(c.head(h).keys()), values.push_back(c.head(h).values());
+    CacheViews<T> views;
+    c.views(views);
     detail::ColumnSink<T, T> sink;
     sink.cache = &c;
     sink.column = t0.column_id(kColumn);
@@ -120,8 +120,7 @@ class SnapKVPolicy final : public detail::BudgetPolicy<T> {
     }
     AttentionInput<T> in;
     in.q = q.view();
-    in.k = keys;
-    in.v = values;
+    views.bind(in);
     in.out = out.view();
     in.n_heads = q.cols() / d;
     in.head_dim = d;

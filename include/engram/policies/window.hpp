@@ -106,10 +106,11 @@ class StreamingPolicy final : public detail::BudgetPolicy<T> {
       head.original = Tensor<T>({sinks_, t.head_dim()});
       head.rows.assign(std::size_t(sinks_), -1);
     }
+    thread_local Tensor<T> scratch;  // a key as T, for a 16-bit cache
     for (Index i = t.size() - step.n_new; i < t.size(); ++i) {
       const std::int64_t p = t.position(i);
       if (p >= std::int64_t(sinks_)) continue;
-      std::copy_n(t.keys().row(i), t.head_dim(), head.original.row(Index(p)));
+      std::copy_n(t.key_rows(i, 1, scratch).row(0), t.head_dim(), head.original.row(Index(p)));
       head.rows[std::size_t(p)] = i;
     }
   }
@@ -122,6 +123,8 @@ class StreamingPolicy final : public detail::BudgetPolicy<T> {
     const std::int64_t positions[1] = {shift};
     fill_rope_table<T>(table, rot.inv_freq, positions);
     const Index d = t.head_dim();
+    thread_local Tensor<T> key;
+    if (key.cols() != d) key = Tensor<T>({1, d});
     for (Index s = 0; s < sinks_; ++s) {
       Index& r = head.rows[std::size_t(s)];
       if (r < 0) continue;
@@ -131,9 +134,10 @@ class StreamingPolicy final : public detail::BudgetPolicy<T> {
           if (t.position(i) == s) r = i;
         check(r >= 0, "StreamingPolicy", "sink token ", s, " is no longer cached");
       }
-      View<T> key = t.keys().middle_rows(r, 1);
+      // A copy of the original, rotated, then stored (rounded again for a 16-bit cache).
       std::copy_n(head.original.row(s), d, key.row(0));
-      apply_rope<T>(key, 1, d, table, rot.pairing);
+      apply_rope<T>(key.view(), 1, d, table, rot.pairing);
+      t.set_key_row(r, key.row(0));
     }
     head.shift = shift;
   }
