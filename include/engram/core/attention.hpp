@@ -301,20 +301,24 @@ void rank_update(const T* a, Index lda, Index n_rows, Index len, const T* bm, In
   for (; r < n_rows; ++r) rank_rows<T, 1, ATrans>(a_rows(r), lda, len, bm, ldb, o + r * ldo, ldo, d_pad);
 }
 
-// Masks s[0, bc) outside `vis` (and where the custom mask row is 0) with -inf.
+// Masks s[0, bc) outside `vis` (and where the custom mask row is 0) with -inf, and the columns up
+// to bc rounded up to whole registers (the row has room: kKeyBlock columns), so the online softmax
+// can run whole registers over any visible range.
 template <class T>
 void apply_mask(T* s, Index bc, Visible vis, const std::uint8_t* custom_row) {
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
   std::fill(s, s + vis.lo, neg_inf);
-  std::fill(s + vis.hi, s + bc, neg_inf);
+  std::fill(s + vis.hi, s + (bc + W<T> - 1) / W<T> * W<T>, neg_inf);
   if (custom_row)
     for (Index j = vis.lo; j < vis.hi; ++j)
       if (!custom_row[j]) s[j] = neg_inf;
 }
 
 // One online-softmax step of n query rows over a key block: row r of s (stride lds) holds masked
-// scores, its visible keys vis[r]; on return it holds exp(s - m_new) (0 where masked); m, l and the
-// output rows o [n, d_pad] are rescaled. The rescaling factors exp(m - m_new) of all rows are one
+// scores (apply_mask: -inf outside vis[r] up to bc rounded to registers), its visible keys vis[r];
+// on return it holds exp(s - m_new) (0 where masked); m, l and the output rows o [n, d_pad] are
+// rescaled. The max and the exp run over vis[r] widened to whole registers (the extra columns are
+// -inf, whose exp is 0): no scalar tails at a window's or the diagonal's unaligned edges. The rescaling factors exp(m - m_new) of all rows are one
 // vector pass (a scalar exp per row and block cost 4% of a long prefill). NaN scores make m and l
 // NaN (they stay NaN through later blocks), so the row's output is NaN, never zeros.
 template <class T>
@@ -322,9 +326,13 @@ void online_softmax_rows(T* s, Index lds, Index n, Index bc, const Visible* vis,
   T* m_new = thread_scratch<ScratchTag, 5, T>(n);
   T* alpha = thread_scratch<ScratchTag, 6, T>(n);
   std::uint8_t* live = thread_scratch<ScratchTag, 6, std::uint8_t>(n);
+  const auto widened = [&](Visible v) {
+    return Visible{v.lo / W<T> * W<T>, std::min((v.hi + W<T> - 1) / W<T> * W<T>, (bc + W<T> - 1) / W<T> * W<T>)};
+  };
   for (Index r = 0; r < n; ++r) {
     T* row = s + r * lds;
-    const T block_max = simd::max(row + vis[r].lo, vis[r].hi - vis[r].lo);
+    const Visible wide = widened(vis[r]);
+    const T block_max = simd::max(row + wide.lo, wide.hi - wide.lo);
     if (!(block_max > -std::numeric_limits<T>::infinity())) {
       // No finite maximum: every entry masked (-inf), or NaN scores (max may drop NaN, so look).
       for (Index j = vis[r].lo; j < vis[r].hi; ++j)
@@ -344,9 +352,10 @@ void online_softmax_rows(T* s, Index lds, Index n, Index bc, const Visible* vis,
   for (Index r = 0; r < n; ++r) {
     T* row = s + r * lds;
     if (!live[r]) continue;  // no finite maximum: zeros (filled above)
-    const T block_sum = exp_shifted(row + vis[r].lo, vis[r].hi - vis[r].lo, m_new[r]);
-    std::fill(row, row + vis[r].lo, T(0));
-    std::fill(row + vis[r].hi, row + bc, T(0));
+    const Visible wide = widened(vis[r]);
+    const T block_sum = exp_shifted(row + wide.lo, wide.hi - wide.lo, m_new[r]);
+    std::fill(row, row + wide.lo, T(0));
+    if (wide.hi < bc) std::fill(row + wide.hi, row + bc, T(0));  // wide.hi may pass bc (its register's end)
     l[r] = l[r] * alpha[r] + block_sum;
     if (alpha[r] != T(1)) simd::scale(alpha[r], o + r * d_pad, d_pad);
     m[r] = m_new[r];
