@@ -487,15 +487,15 @@ class LayerCache {
   /// the cache must be empty).
   void set_format(WeightFormat format) {
     for (auto& h : heads_) h.set_format(format);
-    format_ = format;
   }
-  WeightFormat format() const { return format_; }
+  /// How the keys and values are stored (every head the same).
+  WeightFormat format() const { return heads_.empty() ? WeightFormat::f32 : heads_.front().format(); }
   /// Fills `out` with every head's keys and values (reusing its vectors).
   void views(CacheViews<T>& out) const {
     out.k.clear(), out.v.clear(), out.k16.clear(), out.v16.clear();
-    out.format = format_;
+    out.format = format();
     for (const auto& h : heads_) {
-      if (format_ == WeightFormat::f32) out.k.push_back(h.keys()), out.v.push_back(h.values());
+      if (out.format == WeightFormat::f32) out.k.push_back(h.keys()), out.v.push_back(h.values());
       else out.k16.push_back(h.keys16()), out.v16.push_back(h.values16());
     }
   }
@@ -517,7 +517,6 @@ class LayerCache {
     LayerCache c;
     for (const auto& h : heads_) c.heads_.push_back(h.copy());
     c.rotation = rotation;
-    c.format_ = format_;
     return c;
   }
   void clear() {
@@ -526,7 +525,6 @@ class LayerCache {
 
  private:
   std::vector<TokenTable<T>> heads_;
-  WeightFormat format_ = WeightFormat::f32;
 };
 
 ENGRAM_NAMESPACE_END
