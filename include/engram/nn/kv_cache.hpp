@@ -1,7 +1,7 @@
 // The KV cache as token tables: per KV head, rows of (key, value, absolute position) plus any
-// per-token columns an eviction policy registers. Eviction reuses the freed slots (O(tokens
-// evicted), rows end up out of position order) or compacts in order; either way every column of a
-// row moves together.
+// per-token columns an eviction policy registers; keys and values in f32, f16 or bf16. Eviction
+// reuses the freed slots (O(tokens evicted), rows end up out of position order) or compacts in
+// order; either way every column of a row moves together.
 #pragma once
 
 #include <algorithm>
@@ -380,13 +380,7 @@ class TokenTable {
   }
 
   void move_row(Index from, Index to) {
-    if (half()) {
-      std::copy_n(k16_.row(from), k16_.stride(), k16_.row(to));
-      std::copy_n(v16_.row(from), v16_.stride(), v16_.row(to));
-    } else {
-      std::copy_n(k_.row(from), k_.stride(), k_.row(to));
-      std::copy_n(v_.row(from), v_.stride(), v_.row(to));
-    }
+    each_kv([&](auto& t) { std::copy_n(t.row(from), t.stride(), t.row(to)); });
     rows_.copy_row(from, to);
   }
   // Shrinks every column to n rows; memory is returned once at least half the capacity is unused
