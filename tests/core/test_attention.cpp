@@ -307,5 +307,5 @@ TEST_CASE("attention: 16-bit keys and values with a bad layout are Errors", "[at
   auto pd = make_problem<double>(c, 7);
   auto ind = pd.forward_input();
   ind.k = {}, ind.v = {}, ind.k16 = ks, ind.v16 = vs, ind.kv_format = WeightFormat::f16;
-  REQUIRE_THROWS_WITH(attention<double>(ind), Catch::Contains("need float attention"));
+  REQUIRE_THROWS_WITH(attention<double>(ind), Catch::Contains("need a float model"));
 }

@@ -89,7 +89,7 @@ TEST_CASE("a 16-bit KV cache: prefill equals decode, logits near the f32 cache's
   auto m = hf::load_decoder<float>(test::fixture("llama_tiny"));
   REQUIRE_THROWS_WITH(m.set_kv_format(WeightFormat::q8), Catch::Contains("f32, f16 or bf16, got q8"));
   auto md = hf::load_decoder<double>(test::fixture("llama_tiny"));
-  REQUIRE_THROWS_WITH(md.set_kv_format(WeightFormat::f16), Catch::Contains("needs a float model"));
+  REQUIRE_THROWS_WITH(md.set_kv_format(WeightFormat::f16), Catch::Contains("need a float model"));
 }
 
 TEST_CASE("state copies fork a sequence; reset empties it; bytes track the cache", "[decoder]") {

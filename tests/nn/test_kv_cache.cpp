@@ -320,7 +320,7 @@ TEST_CASE("a 16-bit token table rounds on append and keeps rows in lockstep thro
   REQUIRE_THROWS_WITH(t.keys16(), Catch::Contains("model's type (f32)"));
   REQUIRE_THROWS_WITH(t.set_format(WeightFormat::q4), Catch::Contains("f32, f16 or bf16, got q4"));
   TokenTable<double> td(8);
-  REQUIRE_THROWS_WITH(td.set_format(WeightFormat::f16), Catch::Contains("needs a float model"));
+  REQUIRE_THROWS_WITH(td.set_format(WeightFormat::f16), Catch::Contains("need a float model"));
   LayerCache<float> lc(2, 8);
   lc.set_format(WeightFormat::bf16);
   CHECK(lc.copy().head(1).format() == WeightFormat::bf16);

@@ -318,20 +318,21 @@ void apply_mask(T* s, Index bc, Visible vis, const std::uint8_t* custom_row) {
 // scores (apply_mask: -inf outside vis[r] up to bc rounded to registers), its visible keys vis[r];
 // on return it holds exp(s - m_new) (0 where masked); m, l and the output rows o [n, d_pad] are
 // rescaled. The max and the exp run over vis[r] widened to whole registers (the extra columns are
-// -inf, whose exp is 0): no scalar tails at a window's or the diagonal's unaligned edges. The rescaling factors exp(m - m_new) of all rows are one
-// vector pass (a scalar exp per row and block cost 4% of a long prefill). NaN scores make m and l
-// NaN (they stay NaN through later blocks), so the row's output is NaN, never zeros.
+// -inf, whose exp is 0): no scalar tails at a window's or the diagonal's unaligned edges. The
+// rescaling factors exp(m - m_new) of all rows are one vector pass (a scalar exp per row and block
+// cost 4% of a long prefill). NaN scores make m and l NaN (they stay NaN through later blocks), so
+// the row's output is NaN, never zeros.
 template <class T>
 void online_softmax_rows(T* s, Index lds, Index n, Index bc, const Visible* vis, T* m, T* l, T* o, Index d_pad) {
   T* m_new = thread_scratch<ScratchTag, 5, T>(n);
   T* alpha = thread_scratch<ScratchTag, 6, T>(n);
   std::uint8_t* live = thread_scratch<ScratchTag, 6, std::uint8_t>(n);
-  const auto widened = [&](Visible v) {
+  const auto whole_registers = [&](Visible v) {
     return Visible{v.lo / W<T> * W<T>, std::min((v.hi + W<T> - 1) / W<T> * W<T>, (bc + W<T> - 1) / W<T> * W<T>)};
   };
   for (Index r = 0; r < n; ++r) {
     T* row = s + r * lds;
-    const Visible wide = widened(vis[r]);
+    const Visible wide = whole_registers(vis[r]);
     const T block_max = simd::max(row + wide.lo, wide.hi - wide.lo);
     if (!(block_max > -std::numeric_limits<T>::infinity())) {
       // No finite maximum: every entry masked (-inf), or NaN scores (max may drop NaN, so look).
@@ -352,7 +353,7 @@ void online_softmax_rows(T* s, Index lds, Index n, Index bc, const Visible* vis,
   for (Index r = 0; r < n; ++r) {
     T* row = s + r * lds;
     if (!live[r]) continue;  // no finite maximum: zeros (filled above)
-    const Visible wide = widened(vis[r]);
+    const Visible wide = whole_registers(vis[r]);
     const T block_sum = exp_shifted(row + wide.lo, wide.hi - wide.lo, m_new[r]);
     std::fill(row, row + wide.lo, T(0));
     if (wide.hi < bc) std::fill(row + wide.hi, row + bc, T(0));  // wide.hi may pass bc (its register's end)
@@ -648,10 +649,8 @@ void validate(const AttentionInput<T>& in) {
   check(in.n_heads > 0 && in.head_dim > 0, where, "n_heads and head_dim must be positive, got ", in.n_heads, " and ",
         in.head_dim);
   const bool half = in.kv_format != WeightFormat::f32;
+  check_kv_format<T>(in.kv_format, where);
   if (half) {
-    check(in.kv_format == WeightFormat::f16 || in.kv_format == WeightFormat::bf16, where,
-          "keys and values are stored as f32, f16 or bf16, got kv_format ", format_name(in.kv_format));
-    check(std::is_same_v<T, float>, where, "16-bit keys and values (", format_name(in.kv_format), ") need float attention, this one computes in double");
     check(in.k.empty() && in.v.empty(), where, "kv_format ", format_name(in.kv_format), " reads k16/v16; k and v must be empty, got ",
           in.k.size(), " and ", in.v.size(), " heads");
   } else {

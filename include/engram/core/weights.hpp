@@ -245,6 +245,16 @@ inline void decode_row(const WeightView& w, Index r, Index c0, Index n, float* o
   decode::dispatch(w.format, [&]<WeightFormat F>() { decode::decode_range<F>(w.row(r), c0, n, out); });
 }
 
+/// Checks that `format` can hold the keys and values of attention computing in T: f32 (T itself), or
+/// f16/bf16 for T = float (widened by widen_rows). Throws Error naming `where` otherwise.
+template <class T>
+void check_kv_format(WeightFormat format, const char* where) {
+  check(format == WeightFormat::f32 || format == WeightFormat::f16 || format == WeightFormat::bf16, where,
+        "keys and values are stored as f32, f16 or bf16, got ", format_name(format));
+  check(format == WeightFormat::f32 || std::is_same_v<T, float>, where, "16-bit keys and values (", format_name(format),
+        ") need a float model, this one computes in double");
+}
+
 /// Rows [r0, r0 + n) of 16-bit floats x (f16 or bf16 bit patterns) widened to fp32 into out [n, ld]
 /// (exact); columns x.cols() .. ld - 1 of out are set to zero, so kernels may read padded rows.
 inline void widen_rows(ConstView<std::uint16_t> x, WeightFormat format, Index r0, Index n, float* out, Index ld) {

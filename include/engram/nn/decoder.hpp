@@ -152,10 +152,7 @@ class Decoder {
   /// nearest even, widened back to float as attention reads them). Throws Error for q8/q4 or a
   /// double model. States made before keep their format.
   void set_kv_format(WeightFormat format) {
-    check(format == WeightFormat::f32 || format == WeightFormat::f16 || format == WeightFormat::bf16, "Decoder::set_kv_format",
-          "the KV cache is stored as f32, f16 or bf16, got ", format_name(format));
-    check(format == WeightFormat::f32 || std::is_same_v<T, float>, "Decoder::set_kv_format", "a ", format_name(format),
-          " KV cache needs a float model, this one computes in double");
+    check_kv_format<T>(format, "Decoder::set_kv_format");
     kv_format_ = format;
   }
   /// How the KV caches of new states are stored (f32 until set_kv_format).

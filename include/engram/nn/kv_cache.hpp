@@ -117,10 +117,7 @@ class TokenTable {
   /// Stores keys and values as `format` (f32, f16 or bf16; 16-bit needs T = float); the table must
   /// be empty. Throws Error otherwise.
   void set_format(WeightFormat format) {
-    check(format == WeightFormat::f32 || format == WeightFormat::f16 || format == WeightFormat::bf16, "TokenTable::set_format",
-          "keys and values are stored as f32, f16 or bf16, got ", format_name(format));
-    check(format == WeightFormat::f32 || std::is_same_v<T, float>, "TokenTable::set_format", "a ", format_name(format),
-          " cache needs a float model, this one computes in double");
+    check_kv_format<T>(format, "TokenTable::set_format");
     check(size() == 0, "TokenTable::set_format", "the table holds ", size(), " tokens; set the format of an empty cache");
     format_ = format;
     if (half()) {
