@@ -59,7 +59,7 @@ Decoder<float> load_any_decoder(const std::filesystem::path& dir, const hf::Load
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, policy = "none", budget = "", namm_weights, weight_format = "f32", kv_format = "f32", task = "all", lengths_text = "1024", background, corpus = "kjv", out;
+  std::string model_dir, policy = "none", budget = "", namm_weights, weight_format = "f32", kv_format = "f32", task = "all", questions = "both", lengths_text = "1024", background, corpus = "kjv", out;
   Index samples = 100, segment_size = 0, context = 2048, windows = 16, bucket = 256;
   double held_out = 0.02;
   Index decode_steps = 64, read_chunk = 512;
@@ -78,6 +78,8 @@ int main(int argc, char** argv) {
                                                    "token, as those papers do (NAMM steps at its n_up whatever this is)")
             ->check(CLI::Range(Index(1), Index(1) << 24));
         app.add_option("--task", task, "memory task to score")->check(CLI::IsMember({"all", "fact_memorization", "fact_detection", "reasoning"}));
+        app.add_option("--questions", questions, "reasoning: qa4 question forms, both (bAbI's mix), direct or inverse")
+            ->check(CLI::IsMember({"both", "direct", "inverse"}));
         app.add_option("--lengths", lengths_text, "comma-separated sample lengths in tokens, e.g. 1024,4096,16384");
         app.add_option("--samples", samples, "held-out samples per task and length")->check(CLI::Range(Index(1), Index(1) << 24));
         app.add_option("--segment-size", segment_size, "facts at segment starts of this size (0: anywhere; RMT: its segment size)")->check(CLI::Range(Index(0), Index(1) << 30));
@@ -133,7 +135,7 @@ int main(int argc, char** argv) {
             svg::Series s{std::string(tasks::name(t)), svg::palette(series.size()), false, {}};
             for (Index len : lengths) {
               tasks::TaskOptions o;
-              o.task = t, o.length = len, o.segment_size = segment_size;
+              o.task = t, o.length = len, o.segment_size = segment_size, o.questions = tasks::parse_questions(questions);
               const eval::TaskScore r = eval::score_task(reader, noise, o, {.samples = samples, .encode = encode});
               std::printf("%-18s %10lld %10.0f %8lld %8.1f%% [%5.1f%%, %5.1f%%] %12.3f %7.1f%% %10.2f %9.1f\n", std::string(tasks::name(t)).c_str(),
                           (long long)len, r.mean_tokens, (long long)samples, 100 * r.accuracy, 100 * r.ci.lo, 100 * r.ci.hi, r.answer_log_prob,

@@ -95,12 +95,11 @@ struct Row {
 };
 
 template <class W>
-int evaluate(const W& model, const std::string& task_name, const std::vector<Index>& lengths, Index samples, Index long_samples, Index long_from,
+int evaluate(const W& model, const std::string& task_name, tasks::Questions questions, const std::vector<Index>& lengths, Index samples, Index long_samples, Index long_from,
              bool baseline, bool confusion, const std::string& out, const tasks::Corpus& corpus) {
   tasks::TaskOptions t;
-  t.task = task_name == "fact_memorization" ? tasks::Task::fact_memorization
-           : task_name == "fact_detection"  ? tasks::Task::fact_detection
-                                            : tasks::Task::reasoning;
+  t.task = tasks::parse_task(task_name);
+  t.questions = questions;
   t.segment_size = model.segment_size();
   std::printf("engram-rmt-eval: %s on %s, held-out samples (eval stream from 0)\n", model.describe().c_str(), task_name.c_str());
   std::printf("%-30s %10s %8s %8s %17s %9s %12s %12s %9s\n", "model", "tokens", "samples", "acc", "95% CI", "seconds", "tokens/s", "peak state", "max RSS");
@@ -176,7 +175,7 @@ int evaluate(const W& model, const std::string& task_name, const std::vector<Ind
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, task = "fact_memorization", lengths_text = "1024,4096,16384,65536,262144,1048576", out, background;
+  std::string model_dir, task = "fact_memorization", questions = "both", lengths_text = "1024,4096,16384,65536,262144,1048576", out, background;
   Index samples = 100, long_samples = 50, long_from = Index(1) << 20;
   bool baseline = false, confusion = false;
   return cli::run(
@@ -186,6 +185,8 @@ int main(int argc, char** argv) {
       [&](CLI::App& app) {
         app.add_option("--model", model_dir, "RMT or ARMT checkpoint directory (engram-rmt-train's OUT/best)")->required()->check(CLI::ExistingDirectory);
         app.add_option("--task", task, "memory task")->check(CLI::IsMember({"fact_memorization", "fact_detection", "reasoning"}));
+        app.add_option("--questions", questions, "reasoning: qa4 question forms, both (bAbI's mix), direct or inverse")
+            ->check(CLI::IsMember({"both", "direct", "inverse"}));
         app.add_option("--lengths", lengths_text, "document lengths in tokens (question included; the answer follows)");
         app.add_option("--samples", samples, "held-out samples per length")->check(CLI::Range(Index(1), Index(1) << 20));
         app.add_option("--long-samples", long_samples, "samples per length from --long-from tokens on")->check(CLI::Range(Index(1), Index(1) << 20));
@@ -201,10 +202,10 @@ int main(int argc, char** argv) {
         const json::Value cfg = read_json_file(std::filesystem::path(model_dir) / "config.json");
         if (cfg.is_object() && cfg.find("armt")) {
           const auto m = rmt::load_armt<float>(model_dir);
-          return evaluate(m, task, lengths, samples, long_samples, long_from, baseline, confusion, out, corpus);
+          return evaluate(m, task, tasks::parse_questions(questions), lengths, samples, long_samples, long_from, baseline, confusion, out, corpus);
         }
         const auto m = rmt::load<float>(model_dir);
         if (m.config().layout != rmt::Layout::decoder) cli::usage_error("--model", "an encoder-layout RMT classifies; this program scores decoders");
-        return evaluate(m, task, lengths, samples, long_samples, long_from, baseline, confusion, out, corpus);
+        return evaluate(m, task, tasks::parse_questions(questions), lengths, samples, long_samples, long_from, baseline, confusion, out, corpus);
       });
 }

@@ -14,6 +14,7 @@
 #include "ranks.hpp"
 #include "engram/eval/memory_tasks.hpp"
 #include "engram/eval/rmt_reader.hpp"
+#include "engram/io/hf.hpp"
 #include "engram/nn/init.hpp"
 #include "engram/rmt/armt_io.hpp"
 #include "engram/rmt/curriculum.hpp"
@@ -44,7 +45,7 @@ std::vector<Index> parse_list(const std::string& text, const char* option) {
 }
 
 struct Options {
-  std::string task = "fact_memorization", kind = "rmt", arch = "gpt2", mask = "causal", out, background, init, stages = "1,2,4,6,8",
+  std::string task = "fact_memorization", questions = "both", kind = "rmt", arch = "gpt2", mask = "causal", out, background, init, backbone, stages = "1,2,4,6,8",
               stage_steps = "600";
   Index d_model = 64, layers = 2, heads = 4, d_ff = 0, segment = 128, memory = 4, d_mem = 16, batch = 16, micro_batch = 0, warmup = 50,
         min_stage_steps = 100, select_segments = 0, eval_every = 100, eval_samples = 64, log_every = 10, checkpoint_every = 100, k2 = -1, burn_in = 0;
@@ -69,14 +70,11 @@ ModelConfig backbone_config(const Options& o, Index positions) {
   return c;
 }
 
-tasks::Task parse_task(const std::string& t) {
-  return t == "fact_memorization" ? tasks::Task::fact_memorization : t == "fact_detection" ? tasks::Task::fact_detection : tasks::Task::reasoning;
-}
-
 template <class W>
 int run_training(W& model, const Options& o, const tasks::Corpus& corpus, examples::Ranks& ranks) {
   rmt::CurriculumOptions c;
-  c.task = parse_task(o.task);
+  c.task = tasks::parse_task(o.task);
+  c.questions = tasks::parse_questions(o.questions);
   const auto segments = parse_list(o.stages, "--stages");
   auto steps = parse_list(o.stage_steps, "--stage-steps");
   if (steps.size() == 1) steps.assign(segments.size(), steps[0]);
@@ -99,6 +97,7 @@ int run_training(W& model, const Options& o, const tasks::Corpus& corpus, exampl
   auto held_out = [&](const W& m, Index max_segments) {
     tasks::TaskOptions t;
     t.task = c.task;
+    t.questions = c.questions;
     t.length = max_segments * s - tasks::max_answer_bytes();
     t.segment_size = s;
     const eval::MemoryReader<W> reader(m);
@@ -120,6 +119,7 @@ int run_training(W& model, const Options& o, const tasks::Corpus& corpus, exampl
                   ranks.describe().c_str(), ranks.size());
   }
   if (ranks.root() && !o.init.empty()) std::printf("weights from %s\n", o.init.c_str());
+  if (ranks.root() && !o.backbone.empty()) std::printf("backbone from %s, memory fresh\n", o.backbone.c_str());
   std::fflush(stdout);
   trainer.run([&](const rmt::CurriculumProgress& p) {
     if (!ranks.root()) return;
@@ -147,6 +147,8 @@ int main(int argc, char** argv) {
       [&](CLI::App& app) {
         app.add_option("--out", o.out, "output directory")->required();
         app.add_option("--task", o.task, "memory task")->check(CLI::IsMember({"fact_memorization", "fact_detection", "reasoning"}));
+        app.add_option("--questions", o.questions, "reasoning: qa4 question forms, both (bAbI's mix), direct or inverse")
+            ->check(CLI::IsMember({"both", "direct", "inverse"}));
         app.add_option("--kind", o.kind, "memory: rmt (memory tokens carried between segments) or armt (associative memory per layer)")
             ->check(CLI::IsMember({"rmt", "armt"}));
         app.add_option("--background", o.background, "background text of the samples (default: Debian's fortunes)")->check(cli::regular_file());
@@ -186,6 +188,10 @@ int main(int argc, char** argv) {
         app.add_option("--log-every", o.log_every, "progress line every N steps")->check(CLI::Range(Index(1), Index(1) << 30));
         app.add_option("--checkpoint-every", o.checkpoint_every, "checkpoint every N steps")->check(CLI::Range(Index(1), Index(1) << 30));
         app.add_flag("--resume", o.resume, "continue from OUT/checkpoint if it exists");
+        app.add_option("--backbone", o.backbone,
+                       "start the backbone from this trained byte-level decoder (engram-train's OUT; its config sets --arch, --d-model, "
+                       "--layers, --heads and --d-ff), the memory fresh: as the reference scripts start from a pretrained model")
+            ->check(CLI::ExistingDirectory);
         app.add_option("--init", o.init, "start from the weights of this checkpoint (same model options; e.g. a previous run's OUT/best)")
             ->check(CLI::ExistingDirectory);
       },
@@ -193,13 +199,31 @@ int main(int argc, char** argv) {
         if (o.min_lr > o.lr) cli::usage_error("--min-lr", "must not exceed --lr");
         if (o.micro_batch > o.batch) cli::usage_error("--micro-batch", "must not exceed --batch");
         if (o.k2 == 0) cli::usage_error("--k2", "must be -1 (full BPTT) or >= 1");
-        const Index need = rmt::task_min_length(parse_task(o.task)) + tasks::max_answer_bytes();
+        const Index need = rmt::task_min_length(tasks::parse_task(o.task)) + tasks::max_answer_bytes();
         if (o.segment < need)
           cli::usage_error("--segment", o.task + " needs segments of at least " + std::to_string(need) + " tokens (facts, question and answer)");
         const tasks::Corpus corpus = o.background.empty() ? tasks::Corpus::fortunes() : tasks::Corpus::from_path(o.background);
+        if (!o.backbone.empty() && !o.init.empty()) cli::usage_error("--backbone", "and --init both give the weights: choose one");
+        // The backbone: fresh (the command line's size) or a trained decoder (its own size).
+        auto make_backbone = [&](Index positions) {
+          if (o.backbone.empty()) {
+            auto bb = std::make_shared<Decoder<float>>(Decoder<float>::create(backbone_config(o, positions)));
+            init_for_training(*bb, cli::seed(), o.init_std);
+            return bb;
+          }
+          auto bb = std::make_shared<Decoder<float>>(hf::load_decoder<float>(o.backbone));
+          ModelConfig& c = bb->config;
+          if (c.vocab_size != tasks::ByteTokenizer::vocab_size)
+            cli::usage_error("--backbone", "needs a byte-level model (vocabulary " + std::to_string(tasks::ByteTokenizer::vocab_size) + "), " +
+                                               o.backbone + " has " + std::to_string(c.vocab_size));
+          if (c.positions == PositionKind::learned && c.max_positions < positions)
+            cli::usage_error("--backbone", o.backbone + " has " + std::to_string(c.max_positions) + " learned positions, the segment with its memory needs " +
+                                               std::to_string(positions) + " (train it with --context " + std::to_string(positions) + ")");
+          c.max_positions = std::max(c.max_positions, positions);  // RoPE: informational, any length
+          return bb;
+        };
         if (o.kind == "rmt") {
-          auto bb = std::make_shared<Decoder<float>>(Decoder<float>::create(backbone_config(o, o.segment + 2 * o.memory)));
-          init_for_training(*bb, cli::seed(), o.init_std);
+          auto bb = make_backbone(o.segment + 2 * o.memory);
           auto memory = rmt::hf_initial_memory(*bb, o.memory, cli::seed() + 1);
           rmt::RecurrentWrapper<float> model(rmt::MemoryCell<float>(
               bb, rmt::Config::decoder(o.memory, o.segment, o.mask == "causal" ? rmt::MemoryMask::causal : rmt::MemoryMask::bidirectional),
@@ -207,8 +231,7 @@ int main(int argc, char** argv) {
           return run_training(model, o, corpus, ranks);
         }
         if (o.mask != "causal") cli::usage_error("--memory-mask", "applies to --kind rmt (ARMT's memory tokens are write-only)");
-        auto bb = std::make_shared<Decoder<float>>(Decoder<float>::create(backbone_config(o, o.segment + o.memory)));
-        init_for_training(*bb, cli::seed(), o.init_std);
+        auto bb = make_backbone(o.segment + o.memory);
         rmt::ArmtConfig ac = rmt::ArmtConfig::make(o.memory, o.segment, o.d_mem);
         rmt::ArmtWrapper<float> model(bb, ac, rmt::hf_initial_memory(*bb, o.memory, cli::seed() + 1),
                                       rmt::init_associative<float>(*bb, ac, cli::seed() + 2));

@@ -212,3 +212,20 @@ TEST_CASE("a task whose facts, question and answer do not fit a segment is refus
   o.resume = true;  // no output directory
   CHECK_THROWS_AS(rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>>(big, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus)), Error);
 }
+
+TEST_CASE("a checkpoint of other question forms is not resumed", "[rmt][curriculum][errors]") {
+  const tasks::Corpus corpus = tasks::Corpus::fortunes();
+  test::TempDir dir;
+  auto o = tiny_options(dir.path());
+  o.stages = {{1, 2}};
+  o.questions = tasks::Questions::direct;
+  auto a = tiny_rmt();
+  rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>>(a, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus)).run();
+  o.resume = true;
+  o.questions = tasks::Questions::both;
+  auto b = tiny_rmt();
+  CHECK_THROWS_WITH(rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>>(b, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus)).run(),
+                    Catch::Contains("checkpoint of direct questions, this run trains both"));
+  o.questions = tasks::Questions::direct;  // the same forms resume
+  CHECK_NOTHROW(rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>>(b, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus)).run());
+}

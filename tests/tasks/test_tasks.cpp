@@ -220,3 +220,34 @@ TEST_CASE("facts, question and answer are placed by each task's rule", "[tasks]"
   CHECK(detection_segments.size() >= 8);    // facts spread over the segments
   CHECK(reasoning_segments.size() >= 8);
 }
+
+TEST_CASE("reasoning asks the chosen question forms, with the same facts and answer for a seed", "[tasks]") {
+  const Corpus& c = small_corpus();
+  const std::regex direct(R"(What is (\w+) of the (\w+)\?)"), inverse(R"(What is the (\w+) (\w+) of\?)");
+  int both_direct = 0;
+  for (std::uint64_t seed = 0; seed < 200; ++seed) {
+    TaskOptions o{Task::reasoning, 600, 200};
+    const Sample b = make_sample(c, o, seed);
+    o.questions = Questions::direct;
+    const Sample d = make_sample(c, o, seed);
+    o.questions = Questions::inverse;
+    const Sample i = make_sample(c, o, seed);
+    CHECK(std::regex_match(d.info.question, direct));
+    CHECK(std::regex_match(i.info.question, inverse));
+    both_direct += std::regex_match(b.info.question, direct) ? 1 : 0;
+    // Only the question differs: same facts where they were, same answer, and the solver agrees.
+    for (const Sample* s : {&d, &i}) {
+      CHECK(s->info.facts == b.info.facts);
+      CHECK(s->info.fact_spans == b.info.fact_spans);
+      CHECK(s->info.answer == b.info.answer);
+      CHECK(solve_qa4(s->info) == s->info.answer);
+    }
+    CHECK((b.info.question == d.info.question || b.info.question == i.info.question));
+  }
+  CHECK(both_direct > 70);  // both forms: about half direct (binomial 200, 1/2: 70..130 is beyond 4 sigma)
+  CHECK(both_direct < 130);
+  CHECK(parse_questions("inverse") == Questions::inverse);
+  CHECK(parse_task("reasoning") == Task::reasoning);
+  CHECK_THROWS_AS(parse_questions("sideways"), Error);
+  CHECK_THROWS_AS(parse_task("qa4"), Error);
+}

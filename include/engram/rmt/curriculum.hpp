@@ -42,6 +42,7 @@ struct CurriculumStage {
 /// Everything a curriculum run needs besides the model and the background corpus.
 struct CurriculumOptions {
   tasks::Task task = tasks::Task::fact_memorization;
+  tasks::Questions questions = tasks::Questions::both;  ///< reasoning: the qa4 question forms trained on
   std::vector<CurriculumStage> stages = {{1, 1000}, {2, 1000}, {4, 1000}, {8, 1000}};
   Index min_stage_steps = 100;      ///< a stage may end early only after this many steps
   double advance_accuracy = 0.99;   ///< held-out accuracy that ends a stage early (> 1: never); the last stage always runs its budget
@@ -176,6 +177,7 @@ class CurriculumTrainer {
   TrainBatch batch(Index stage, Index step, Index micro, Index n_seqs) const {
     tasks::TaskOptions t;
     t.task = options_.task;
+    t.questions = options_.questions;
     t.length = sample_length(stage, step);
     t.segment_size = model_.segment_size();
     const train::TaskSource src(corpus_, t, tasks::mix_seed(options_.seed + 0x5747'0000ull * std::uint64_t(stage + 1)));
@@ -394,6 +396,7 @@ class CurriculumTrainer {
     state.set("best_accuracy", json::Value(best_accuracy_));
     state.set("seed", json::Value(std::int64_t(options_.seed)));
     state.set("task", std::string(tasks::name(options_.task)));
+    state.set("questions", std::string(tasks::name(options_.questions)));
     train::ModelIO<T> io;
     io.save = [&](const Decoder<T>&, const std::filesystem::path& d) { save(model_, d); };
     train::save_checkpoint<T>(options_.out_dir / "checkpoint", io, model_.backbone(), *optimizer_, std::move(state));
@@ -414,6 +417,10 @@ class CurriculumTrainer {
     auto integer = [&](const char* k) { return Index(state.at(k).as_integer(k)); };
     check(std::string(tasks::name(options_.task)) == state.at("task").as_string("task"), dir.string(), "checkpoint of task ",
           state.at("task").as_string("task"), ", this run trains ", tasks::name(options_.task));
+    // Checkpoints written before question forms existed trained on both.
+    const std::string forms = state.contains("questions") ? state.at("questions").as_string("questions") : "both";
+    check(std::string(tasks::name(options_.questions)) == forms, dir.string(), "checkpoint of ", forms, " questions, this run trains ",
+          tasks::name(options_.questions));
     stage_ = integer("stage"), stage_step_ = integer("stage_step"), step_ = integer("global_step"), tokens_ = tokens_before_ = integer("tokens");
     check(stage_ >= 0 && stage_ < Index(options_.stages.size()), dir.string(), "checkpoint at stage ", stage_, " of a curriculum of ",
           options_.stages.size());

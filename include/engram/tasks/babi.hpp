@@ -23,6 +23,19 @@ inline constexpr std::array<std::string_view, 6> kPlaces = {"bathroom", "hallway
 inline constexpr std::array<std::string_view, 4> kDirections = {"north", "south", "east", "west"};
 inline constexpr Index kAnswerClasses = Index(kPlaces.size());
 
+/// The qa4 question forms a reasoning sample may ask: both (bAbI's mix, 50/50), only the direct
+/// form, or only the inverse one (which needs the relation reversed).
+enum class Questions { both, direct, inverse };
+
+inline std::string_view name(Questions q) {
+  switch (q) {
+    case Questions::both: return "both";
+    case Questions::direct: return "direct";
+    case Questions::inverse: return "inverse";
+  }
+  return "?";
+}
+
 /// Facts (in text order), the question, and the answer as a class id into kPlaces.
 struct QA {
   std::vector<std::string> facts;
@@ -51,7 +64,9 @@ inline QA qa1_fact(Rng& rng) {
 /// qa4: two facts "The {P_i} is {R_i} of the {C}." (three distinct places, R_1 != R_2) in random
 /// order, and a question about one of them, either direct ("What is {R_i} of the {C}?") or inverse
 /// ("What is the {C} {opposite R_i} of?", which needs the relation reversed); the answer is P_i.
-inline QA qa4_facts(Rng& rng) {
+/// `forms` restricts the question to one form; the draws are the same for every `forms`, so a
+/// seed gives the same facts and answer whichever form is asked.
+inline QA qa4_facts(Rng& rng, Questions forms = Questions::both) {
   Index place[3];
   place[0] = rng.index(kAnswerClasses);  // the centre C
   do place[1] = rng.index(kAnswerClasses);
@@ -69,7 +84,8 @@ inline QA qa4_facts(Rng& rng) {
         detail::concat_text({"The ", kPlaces[std::size_t(place[1 + i])], " is ", kDirections[std::size_t(dir[i])], " of the ", centre, "."}));
   if (rng.coin()) std::swap(qa.facts[0], qa.facts[1]);
   const int asked = rng.coin() ? 1 : 0;  // which relation (in drawing order) the question is about
-  if (rng.coin())
+  const bool direct = rng.coin();
+  if (forms == Questions::direct || (forms == Questions::both && direct))
     qa.question = detail::concat_text({"What is ", kDirections[std::size_t(dir[asked])], " of the ", centre, "?"});
   else
     qa.question = detail::concat_text({"What is the ", centre, " ", kDirections[std::size_t(dir[asked] ^ 1)], " of?"});

@@ -40,6 +40,20 @@ inline std::string_view name(Task t) {
   return "?";
 }
 
+/// The task named `text` (as name() spells it); Error otherwise.
+inline Task parse_task(std::string_view text) {
+  for (Task t : {Task::fact_memorization, Task::fact_detection, Task::reasoning})
+    if (name(t) == text) return t;
+  throw Error(std::string("tasks::parse_task: unknown task \"") + std::string(text) + "\", expected fact_memorization, fact_detection or reasoning");
+}
+
+/// The question forms named `text` (both, direct or inverse); Error otherwise.
+inline Questions parse_questions(std::string_view text) {
+  for (Questions q : {Questions::both, Questions::direct, Questions::inverse})
+    if (name(q) == text) return q;
+  throw Error(std::string("tasks::parse_questions: unknown question forms \"") + std::string(text) + "\", expected both, direct or inverse");
+}
+
 struct TaskOptions {
   Task task = Task::fact_memorization;
   Index length = 0;        ///< tokens per sample, question included
@@ -47,6 +61,7 @@ struct TaskOptions {
   /// 0: anywhere before the question (uniform offset).
   Index segment_size = 0;
   bool right_aligned = false;  ///< segment starts of a right-aligned split (the first segment short)
+  Questions questions = Questions::both;  ///< reasoning: the qa4 question forms asked (other tasks: ignored)
 };
 
 /// Tokens [begin, begin + size) of a sample.
@@ -80,7 +95,7 @@ class SampleStream {
     check(options.segment_size >= 0, where, "segment_size must be >= 0, got ", options.segment_size);
     info_.options = options;
     Rng rng(mix_seed(seed));
-    QA qa = options.task == Task::reasoning ? qa4_facts(rng) : qa1_fact(rng);
+    QA qa = options.task == Task::reasoning ? qa4_facts(rng, options.questions) : qa1_fact(rng);
     info_.facts = std::move(qa.facts);
     info_.question = std::move(qa.question);
     info_.answer = qa.answer;
