@@ -151,16 +151,7 @@ void save(const ArmtWrapper<T>& model, const std::filesystem::path& dir, safeten
 template <class T>
 void load_parameters(ArmtWrapper<T>& model, const std::filesystem::path& dir) {
   ArmtWrapper<T> saved = load_armt<T>(dir);
-  std::vector<std::pair<std::string, Tensor<T>*>> src;
-  saved.visit_parameters([&](const std::string& n, Tensor<T>& t) { src.emplace_back(n, &t); });
-  std::size_t i = 0;
-  model.visit_parameters([&](const std::string& n, Tensor<T>& t) {
-    check(i < src.size() && src[i].first == n && src[i].second->shape() == t.shape(), dir.string(),
-          "checkpoint does not match the model at parameter \"", n, "\"");
-    copy<T>(src[i].second->view(), t.view());
-    ++i;
-  });
-  check(i == src.size(), dir.string(), "checkpoint has ", src.size(), " parameters, the model ", i);
+  detail::copy_parameters<T>(saved, model, dir);
 }
 
 }  // namespace rmt

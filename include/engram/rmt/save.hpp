@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "engram/io/hf_save.hpp"
 #include "engram/rmt/loader.hpp"
@@ -45,6 +47,22 @@ inline void write_config(const std::filesystem::path& dir, const json::Value& co
   f.close();
   check(bool(f), path.string(), "write failed");
 }
+
+/// Copies every parameter of `saved` (read from `dir`) into `model`, in visiting order; throws Error
+/// at the first name or shape that differs, or when the counts differ.
+template <class T, class M>
+void copy_parameters(M& saved, M& model, const std::filesystem::path& dir) {
+  std::vector<std::pair<std::string, Tensor<T>*>> src;
+  saved.visit_parameters([&](const std::string& n, Tensor<T>& t) { src.emplace_back(n, &t); });
+  std::size_t i = 0;
+  model.visit_parameters([&](const std::string& n, Tensor<T>& t) {
+    check(i < src.size() && src[i].first == n && src[i].second->shape() == t.shape(), dir.string(),
+          "checkpoint does not match the model at parameter \"", n, "\"");
+    copy<T>(src[i].second->view(), t.view());
+    ++i;
+  });
+  check(i == src.size(), dir.string(), "checkpoint has ", src.size(), " parameters, the model ", i);
+}
 }  // namespace detail
 
 /// Writes `dir` (created if needed) so that rmt::load<T>(dir) returns the same model. Tensors are
@@ -74,16 +92,7 @@ void save(const RecurrentWrapper<T>& model, const std::filesystem::path& dir, sa
 template <class T>
 void load_parameters(RecurrentWrapper<T>& model, const std::filesystem::path& dir) {
   RecurrentWrapper<T> saved = load<T>(dir);
-  std::vector<std::pair<std::string, Tensor<T>*>> src;
-  saved.visit_parameters([&](const std::string& n, Tensor<T>& t) { src.emplace_back(n, &t); });
-  std::size_t i = 0;
-  model.visit_parameters([&](const std::string& n, Tensor<T>& t) {
-    check(i < src.size() && src[i].first == n && src[i].second->shape() == t.shape(), dir.string(),
-          "checkpoint does not match the model at parameter \"", n, "\"");
-    copy<T>(src[i].second->view(), t.view());
-    ++i;
-  });
-  check(i == src.size(), dir.string(), "checkpoint has ", src.size(), " parameters, the model ", i);
+  detail::copy_parameters<T>(saved, model, dir);
   check(saved.config().layout == model.config().layout && saved.config().memory_tokens == model.config().memory_tokens &&
             saved.config().segment_size == model.config().segment_size,
         dir.string(), "checkpoint's RMT layout (", name(saved.config().layout), ", m = ", saved.config().memory_tokens, ", s = ",
