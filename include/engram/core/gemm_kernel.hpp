@@ -70,7 +70,7 @@ static_assert(kMr * kNv >= 8, "fewer than 8 accumulators cannot hide the FMA lat
 inline constexpr Index kKc = 256;
 // kNc: columns of the packed B block [kKc, kNc] = 512 KB, which stays in L2 (2 MB per core here;
 // 512 KB-1 MB on the usual AVX2 cores) while every A micro-panel of the rows passes over it.
-inline constexpr Index kNc = 512;
+inline constexpr Index kNc = 256;
 // kMc: rows of the packed A block [kMc, kKc] (1 MB), packed once per depth block and swept against
 // every B block of the columns; B is packed once per kMc rows, so larger is less packing (measured:
 // 16 * kMr rows spent 10% of a 2048^3 product packing, 1024 rows 4%), bounded by the scratch.
