@@ -3,7 +3,7 @@
 # byte-level GPT in PyTorch, trained from scratch on one-segment qa4 samples with the loss on the
 # answer bytes only (as engram-rmt-train's stage 1), scored on held-out samples.
 #
-#   /usr/bin/python3 bench/rmt_reasoning_probe.py [--prefix] [--forms both|direct|inverse] [--steps N]
+#   /usr/bin/python3 bench/rmt_reasoning_probe.py [--prefix] [--forms both|direct|inverse] [--steps N] [--lm-weight W]
 #
 # The samples follow include/engram/tasks/babi.hpp (qa4_facts): two facts "The P is R of the C." with
 # three distinct places and two distinct directions, a direct ("What is R of the C?") or inverse
@@ -35,8 +35,9 @@ def sample(rng, length, forms):
     question = f"What is {DIRECTIONS[d]} of the {PLACES[c]}?" if direct else f"What is the {PLACES[c]} {DIRECTIONS[d ^ 1]} of?"
     text = facts[0] + " " + facts[1]
     room = max(0, length - len(text) - len(question))
+    n_facts = len(text)
     text += "".join(rng.choice("abcdefghijklmnopqrstuvwxyz   ") for _ in range(rng.randint(0, room)))
-    return text + question, answer
+    return text + question, answer, n_facts
 
 
 class Block(nn.Module):
@@ -77,23 +78,27 @@ class GPT(nn.Module):
 
 def batch(rng, n, args):
     pairs = [sample(rng, args.length, args.forms) for _ in range(n)]
-    t = max(len(x) + len(y) for x, y in pairs)
+    t = max(len(x) + len(y) for x, y, _ in pairs)
     tokens = torch.zeros(n, t, dtype=torch.long)
     labels = torch.full((n, t), -100)
-    for r, (x, y) in enumerate(pairs):
+    text = torch.full((n, t), -100)  # next byte inside the facts and the question (--lm-weight)
+    for r, (x, y, n_facts) in enumerate(pairs):
         s = list((x + y).encode())
         tokens[r, : len(s)] = torch.tensor(s)
         labels[r, len(x) - 1 : len(x) - 1 + len(y)] = torch.tensor(s[len(x) :])
+        text[r, : n_facts - 1] = torch.tensor(s[1:n_facts])
+        q0 = x.rfind("What")  # the question starts at its last "What"
+        text[r, q0 : len(x) - 1] = torch.tensor(s[q0 + 1 : len(x)])
     # The last question byte predicts the answer: the prefix ends before it.
-    prefix = torch.tensor([len(x) - 1 for x, _ in pairs]) if args.prefix else None
-    return tokens, labels, pairs, prefix
+    prefix = torch.tensor([len(x) - 1 for x, _, _ in pairs]) if args.prefix else None
+    return tokens, labels, [(x, y) for x, y, _ in pairs], prefix, text
 
 
 def held_out_accuracy(model, args, n=200):
     rng, right = random.Random(10**6), 0
     with torch.no_grad():
         for _ in range(n // 50):
-            tokens, _, pairs, prefix = batch(rng, 50, args)
+            tokens, _, pairs, prefix, _ = batch(rng, 50, args)
             best = model(tokens, prefix).argmax(-1)
             for r, (x, y) in enumerate(pairs):
                 j, a = len(x) - 1, y.encode()
@@ -112,6 +117,7 @@ def main():
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lm-weight", type=float, default=0.0, help="add a next-byte loss on the facts and the question, this weight")
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -119,8 +125,11 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     rng = random.Random(1)
     for step in range(1, args.steps + 1):
-        tokens, labels, _, prefix = batch(rng, args.batch, args)
-        loss = F.cross_entropy(model(tokens, prefix).view(-1, 256), labels.view(-1), ignore_index=-100)
+        tokens, labels, _, prefix, text = batch(rng, args.batch, args)
+        logits = model(tokens, prefix).view(-1, 256)
+        loss = F.cross_entropy(logits, labels.view(-1), ignore_index=-100)
+        if args.lm_weight > 0:  # mean answer loss + weight x mean next-byte loss of the facts and question
+            loss = loss + args.lm_weight * F.cross_entropy(logits, text.view(-1), ignore_index=-100)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
