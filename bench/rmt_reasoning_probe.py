@@ -76,7 +76,29 @@ class GPT(nn.Module):
         return self.ln(x) @ self.tok.weight.T
 
 
+WORDS = ["The", "is", "of", "the", "What", ".", "?", " "] + PLACES + DIRECTIONS + list("abcdefghijklmnopqrstuvwxyz")
+WORD_ID = {w: i for i, w in enumerate(WORDS)}
+
+
+def encode(text, words):
+    """Bytes, or with --words one token per word, punctuation mark, space and background letter."""
+    if not words:
+        return list(text.encode())
+    out, i = [], 0
+    while i < len(text):
+        for w in sorted(WORDS, key=len, reverse=True):  # longest match first: "the" before "t"
+            if text.startswith(w, i) and (len(w) == 1 or not text[i + len(w) : i + len(w) + 1].isalpha()):
+                out.append(WORD_ID[w])
+                i += len(w)
+                break
+        else:
+            raise ValueError(f"no token for {text[i:]!r}")
+    return out
+
+
 def batch(rng, n, args):
+    if args.words:
+        return word_batch(rng, n, args)
     pairs = [sample(rng, args.length, args.forms) for _ in range(n)]
     t = max(len(x) + len(y) for x, y, _ in pairs)
     tokens = torch.zeros(n, t, dtype=torch.long)
@@ -94,6 +116,27 @@ def batch(rng, n, args):
     return tokens, labels, [(x, y) for x, y, _ in pairs], prefix, text
 
 
+def word_batch(rng, n, args):
+    """--words: the same samples, one token per word; the answer is one token (the place)."""
+    seqs = []
+    for _ in range(n):
+        x, y, n_facts = sample(rng, args.length, args.forms)
+        facts, doc = encode(x[:n_facts], True), encode(x, True)
+        seqs.append((doc, WORD_ID[y], len(facts), len(doc) - len(encode(x[x.rfind("What") :], True))))
+    t = max(len(d) + 1 for d, _, _, _ in seqs)
+    tokens = torch.zeros(n, t, dtype=torch.long)
+    labels = torch.full((n, t), -100)
+    text = torch.full((n, t), -100)
+    for r, (doc, answer, n_facts, q0) in enumerate(seqs):
+        s = doc + [answer]
+        tokens[r, : len(s)] = torch.tensor(s)
+        labels[r, len(doc) - 1] = answer
+        text[r, : n_facts - 1] = torch.tensor(s[1:n_facts])
+        text[r, q0 : len(doc) - 1] = torch.tensor(s[q0 + 1 : len(doc)])
+    prefix = torch.tensor([len(d) - 1 for d, _, _, _ in seqs]) if args.prefix else None
+    return tokens, labels, [(d, a) for d, a, _, _ in seqs], prefix, text
+
+
 def held_out_accuracy(model, args, n=200):
     rng, right = random.Random(10**6), 0
     with torch.no_grad():
@@ -101,6 +144,9 @@ def held_out_accuracy(model, args, n=200):
             tokens, _, pairs, prefix, _ = batch(rng, 50, args)
             best = model(tokens, prefix).argmax(-1)
             for r, (x, y) in enumerate(pairs):
+                if args.words:  # x: the document's tokens, y: the answer token
+                    right += int(best[r, len(x) - 1].item() == y)
+                    continue
                 j, a = len(x) - 1, y.encode()
                 right += int(best[r, j].item() == a[0] and best[r, j + 1].item() == a[1])
     return right / n
@@ -117,6 +163,7 @@ def main():
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--words", action="store_true", help="one token per word instead of per byte (a word-level tokenizer)")
     p.add_argument("--lm-weight", type=float, default=0.0, help="add a next-byte loss on the facts and the question, this weight")
     args = p.parse_args()
     torch.set_num_threads(1)
