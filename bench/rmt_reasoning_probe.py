@@ -4,6 +4,7 @@
 # answer bytes only (as engram-rmt-train's stage 1), scored on held-out samples.
 #
 #   /usr/bin/python3 bench/rmt_reasoning_probe.py [--prefix] [--forms both|direct|inverse] [--steps N] [--lm-weight W]
+#                                                 [--words] [--ask-first] [--length N] [--d-model D --layers L]
 #
 # The samples follow include/engram/tasks/babi.hpp (qa4_facts): two facts "The P is R of the C." with
 # three distinct places and two distinct directions, a direct ("What is R of the C?") or inverse
@@ -11,7 +12,9 @@
 # of random length (the C++ task draws fortunes; the binding the model must learn is the same).
 # --prefix reads the document bidirectionally (a prefix LM; the answer stays causal), as the
 # report's BERT encoder does. Accuracy: the first two answer bytes right under teacher forcing
-# (enough to tell the six places apart: bathroom and bedroom differ in the second byte).
+# (enough to tell the six places apart: bathroom and bedroom differ in the second byte); with --words
+# (one token per word) the answer token. --ask-first is the control without the comparison: the facts
+# keep their order and the question asks about the first.
 import argparse
 import random
 
@@ -23,13 +26,13 @@ PLACES = ["bathroom", "hallway", "garden", "office", "bedroom", "kitchen"]
 DIRECTIONS = ["north", "south", "east", "west"]  # DIRECTIONS[i ^ 1] is the opposite of DIRECTIONS[i]
 
 
-def sample(rng, length, forms):
+def sample(rng, length, forms, ask_first=False):
     c, p1, p2 = rng.sample(range(6), 3)
     d1, d2 = rng.sample(range(4), 2)
     facts = [f"The {PLACES[p1]} is {DIRECTIONS[d1]} of the {PLACES[c]}.", f"The {PLACES[p2]} is {DIRECTIONS[d2]} of the {PLACES[c]}."]
-    if rng.random() < 0.5:
+    if not ask_first and rng.random() < 0.5:
         facts.reverse()
-    asked = rng.randrange(2)
+    asked = 0 if ask_first else rng.randrange(2)
     d, answer = [d1, d2][asked], PLACES[[p1, p2][asked]]
     direct = forms == "direct" or (forms == "both" and rng.random() < 0.5)
     question = f"What is {DIRECTIONS[d]} of the {PLACES[c]}?" if direct else f"What is the {PLACES[c]} {DIRECTIONS[d ^ 1]} of?"
@@ -80,10 +83,8 @@ WORDS = ["The", "is", "of", "the", "What", ".", "?", " "] + PLACES + DIRECTIONS 
 WORD_ID = {w: i for i, w in enumerate(WORDS)}
 
 
-def encode(text, words):
-    """Bytes, or with --words one token per word, punctuation mark, space and background letter."""
-    if not words:
-        return list(text.encode())
+def encode_words(text):
+    """--words: one token per word, punctuation mark, space and background letter."""
     out, i = [], 0
     while i < len(text):
         for w in sorted(WORDS, key=len, reverse=True):  # longest match first: "the" before "t"
@@ -99,7 +100,7 @@ def encode(text, words):
 def batch(rng, n, args):
     if args.words:
         return word_batch(rng, n, args)
-    pairs = [sample(rng, args.length, args.forms) for _ in range(n)]
+    pairs = [sample(rng, args.length, args.forms, args.ask_first) for _ in range(n)]
     t = max(len(x) + len(y) for x, y, _ in pairs)
     tokens = torch.zeros(n, t, dtype=torch.long)
     labels = torch.full((n, t), -100)
@@ -120,9 +121,9 @@ def word_batch(rng, n, args):
     """--words: the same samples, one token per word; the answer is one token (the place)."""
     seqs = []
     for _ in range(n):
-        x, y, n_facts = sample(rng, args.length, args.forms)
-        facts, doc = encode(x[:n_facts], True), encode(x, True)
-        seqs.append((doc, WORD_ID[y], len(facts), len(doc) - len(encode(x[x.rfind("What") :], True))))
+        x, y, n_facts = sample(rng, args.length, args.forms, args.ask_first)
+        facts, doc = encode_words(x[:n_facts]), encode_words(x)
+        seqs.append((doc, WORD_ID[y], len(facts), len(doc) - len(encode_words(x[x.rfind("What") :]))))
     t = max(len(d) + 1 for d, _, _, _ in seqs)
     tokens = torch.zeros(n, t, dtype=torch.long)
     labels = torch.full((n, t), -100)
@@ -164,6 +165,7 @@ def main():
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--words", action="store_true", help="one token per word instead of per byte (a word-level tokenizer)")
+    p.add_argument("--ask-first", action="store_true", help="control: the question always asks about the first fact (no comparison)")
     p.add_argument("--lm-weight", type=float, default=0.0, help="add a next-byte loss on the facts and the question, this weight")
     args = p.parse_args()
     torch.set_num_threads(1)
