@@ -83,8 +83,10 @@ WORDS = ["The", "is", "of", "the", "What", ".", "?", " "] + PLACES + DIRECTIONS 
 WORD_ID = {w: i for i, w in enumerate(WORDS)}
 
 
-def encode_words(text):
-    """--words: one token per word, punctuation mark, space and background letter."""
+def encode(text, words):
+    """Byte ids, or with --words one token per word, punctuation mark, space and background letter."""
+    if not words:
+        return list(text.encode())
     out, i = [], 0
     while i < len(text):
         for w in sorted(WORDS, key=len, reverse=True):  # longest match first: "the" before "t"
@@ -98,58 +100,40 @@ def encode_words(text):
 
 
 def batch(rng, n, args):
-    if args.words:
-        return word_batch(rng, n, args)
-    pairs = [sample(rng, args.length, args.forms, args.ask_first) for _ in range(n)]
-    t = max(len(x) + len(y) for x, y, _ in pairs)
-    tokens = torch.zeros(n, t, dtype=torch.long)
-    labels = torch.full((n, t), -100)
-    text = torch.full((n, t), -100)  # next byte inside the facts and the question (--lm-weight)
-    for r, (x, y, n_facts) in enumerate(pairs):
-        s = list((x + y).encode())
-        tokens[r, : len(s)] = torch.tensor(s)
-        labels[r, len(x) - 1 : len(x) - 1 + len(y)] = torch.tensor(s[len(x) :])
-        text[r, : n_facts - 1] = torch.tensor(s[1:n_facts])
-        q0 = x.rfind("What")  # the question starts at its last "What"
-        text[r, q0 : len(x) - 1] = torch.tensor(s[q0 + 1 : len(x)])
-    # The last question byte predicts the answer: the prefix ends before it.
-    prefix = torch.tensor([len(x) - 1 for x, _, _ in pairs]) if args.prefix else None
-    return tokens, labels, [(x, y) for x, y, _ in pairs], prefix, text
-
-
-def word_batch(rng, n, args):
-    """--words: the same samples, one token per word; the answer is one token (the place)."""
+    """n samples as tokens (bytes, or words with --words): the answer labels, the next-token labels of
+    the facts and the question (--lm-weight), and each sample's (document, answer) tokens."""
     seqs = []
     for _ in range(n):
         x, y, n_facts = sample(rng, args.length, args.forms, args.ask_first)
-        facts, doc = encode_words(x[:n_facts]), encode_words(x)
-        seqs.append((doc, WORD_ID[y], len(facts), len(doc) - len(encode_words(x[x.rfind("What") :]))))
-    t = max(len(d) + 1 for d, _, _, _ in seqs)
+        doc = encode(x, args.words)
+        answer = [WORD_ID[y]] if args.words else list(y.encode())
+        q0 = len(doc) - len(encode(x[x.rfind("What") :], args.words))  # the question starts at its last "What"
+        seqs.append((doc, answer, len(encode(x[:n_facts], args.words)), q0))
+    t = max(len(d) + len(a) for d, a, _, _ in seqs)
     tokens = torch.zeros(n, t, dtype=torch.long)
     labels = torch.full((n, t), -100)
     text = torch.full((n, t), -100)
     for r, (doc, answer, n_facts, q0) in enumerate(seqs):
-        s = doc + [answer]
+        s = doc + answer
         tokens[r, : len(s)] = torch.tensor(s)
-        labels[r, len(doc) - 1] = answer
+        labels[r, len(doc) - 1 : len(s) - 1] = torch.tensor(answer)
         text[r, : n_facts - 1] = torch.tensor(s[1:n_facts])
         text[r, q0 : len(doc) - 1] = torch.tensor(s[q0 + 1 : len(doc)])
+    # The last question token predicts the answer: the prefix ends before it.
     prefix = torch.tensor([len(d) - 1 for d, _, _, _ in seqs]) if args.prefix else None
     return tokens, labels, [(d, a) for d, a, _, _ in seqs], prefix, text
 
 
 def held_out_accuracy(model, args, n=200):
+    """The first two answer tokens right under teacher forcing (the one token with --words)."""
     rng, right = random.Random(10**6), 0
     with torch.no_grad():
         for _ in range(n // 50):
             tokens, _, pairs, prefix, _ = batch(rng, 50, args)
             best = model(tokens, prefix).argmax(-1)
-            for r, (x, y) in enumerate(pairs):
-                if args.words:  # x: the document's tokens, y: the answer token
-                    right += int(best[r, len(x) - 1].item() == y)
-                    continue
-                j, a = len(x) - 1, y.encode()
-                right += int(best[r, j].item() == a[0] and best[r, j + 1].item() == a[1])
+            for r, (doc, answer) in enumerate(pairs):
+                k = min(2, len(answer))
+                right += int(best[r, len(doc) - 1 : len(doc) - 1 + k].tolist() == answer[:k])
     return right / n
 
 
