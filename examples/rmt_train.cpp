@@ -50,7 +50,7 @@ struct Options {
   Index d_model = 64, layers = 2, heads = 4, d_ff = 0, segment = 128, memory = 4, d_mem = 16, batch = 16, micro_batch = 0, warmup = 50,
         min_stage_steps = 100, select_segments = 0, eval_every = 100, eval_samples = 64, log_every = 10, checkpoint_every = 100, k2 = -1, burn_in = 0;
   double lr = 2e-3, min_lr = 2e-4, weight_decay = 0.01, clip = 1.0, clip_value = 0.0, advance = 0.98, init_std = 0.02;
-  bool resume = false;
+  bool resume = false, bind = false;
 };
 
 ModelConfig backbone_config(const Options& o, Index positions) {
@@ -75,6 +75,7 @@ int run_training(W& model, const Options& o, const tasks::Corpus& corpus, exampl
   rmt::CurriculumOptions c;
   c.task = tasks::parse_task(o.task);
   c.questions = tasks::parse_questions(o.questions);
+  c.bindings = o.bind;
   const auto segments = parse_list(o.stages, "--stages");
   auto steps = parse_list(o.stage_steps, "--stage-steps");
   if (steps.size() == 1) steps.assign(segments.size(), steps[0]);
@@ -149,6 +150,9 @@ int main(int argc, char** argv) {
         app.add_option("--task", o.task, "memory task")->check(CLI::IsMember({"fact_memorization", "fact_detection", "reasoning"}));
         app.add_option("--questions", o.questions, "reasoning: qa4 question forms, both (bAbI's mix), direct or inverse")
             ->check(CLI::IsMember({"both", "direct", "inverse"}));
+        app.add_flag("--bind", o.bind,
+                     "reasoning: also label each fact's direction with its place and the question's direction with the answer "
+                     "(intermediate supervision; without it training stalls at one of the two places)");
         app.add_option("--kind", o.kind, "memory: rmt (memory tokens carried between segments) or armt (associative memory per layer)")
             ->check(CLI::IsMember({"rmt", "armt"}));
         app.add_option("--background", o.background, "background text of the samples (default: Debian's fortunes)")->check(cli::regular_file());
@@ -199,6 +203,7 @@ int main(int argc, char** argv) {
         if (o.min_lr > o.lr) cli::usage_error("--min-lr", "must not exceed --lr");
         if (o.micro_batch > o.batch) cli::usage_error("--micro-batch", "must not exceed --batch");
         if (o.k2 == 0) cli::usage_error("--k2", "must be -1 (full BPTT) or >= 1");
+        if (o.bind && o.task != "reasoning") cli::usage_error("--bind", "labels the reasoning task's facts; --task is " + o.task);
         const Index need = rmt::task_min_length(tasks::parse_task(o.task)) + tasks::max_answer_bytes();
         if (o.segment < need)
           cli::usage_error("--segment", o.task + " needs segments of at least " + std::to_string(need) + " tokens (facts, question and answer)");

@@ -21,9 +21,9 @@ std::shared_ptr<Decoder<float>> tiny_backbone(Index positions, std::uint64_t see
   return bb;
 }
 
-rmt::RecurrentWrapper<float> tiny_rmt(std::uint64_t seed = 1) {
-  auto bb = tiny_backbone(64 + 4, seed);
-  return rmt::RecurrentWrapper<float>(rmt::MemoryCell<float>(bb, rmt::Config::decoder(2, 64), rmt::hf_initial_memory(*bb, 2, seed + 1)));
+rmt::RecurrentWrapper<float> tiny_rmt(std::uint64_t seed = 1, Index segment = 64) {
+  auto bb = tiny_backbone(segment + 4, seed);
+  return rmt::RecurrentWrapper<float>(rmt::MemoryCell<float>(bb, rmt::Config::decoder(2, segment), rmt::hf_initial_memory(*bb, 2, seed + 1)));
 }
 
 rmt::ArmtWrapper<float> tiny_armt(std::uint64_t seed = 1) {
@@ -228,4 +228,33 @@ TEST_CASE("a checkpoint of other question forms is not resumed", "[rmt][curricul
                     Catch::Contains("checkpoint of direct questions, this run trains both"));
   o.questions = tasks::Questions::direct;  // the same forms resume
   CHECK_NOTHROW(rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>>(b, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus)).run());
+}
+
+TEST_CASE("binding labels reach the curriculum's batches and a checkpoint without them is not resumed", "[rmt][curriculum][bindings]") {
+  const tasks::Corpus corpus = tasks::Corpus::fortunes();
+  test::TempDir dir;
+  auto o = tiny_options(dir.path());
+  o.task = tasks::Task::reasoning;
+  o.stages = {{1, 2}};
+  auto w = tiny_rmt(1, 160);
+  const rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>> plain(w, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus));
+  o.bindings = true;
+  const rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>> bound(w, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus));
+  for (Index step = 1; step <= 5; ++step) {
+    const auto a = plain.batch(0, step, 0, 2), b = bound.batch(0, step, 0, 2);
+    REQUIRE(a.tokens == b.tokens);
+    CHECK(b.count(rmt::Layout::decoder) == a.count(rmt::Layout::decoder) + 2 * 6);  // 2 bytes at each of 3 directions, per sample
+  }
+  // A run with bindings does not resume one without, nor the other way round.
+  o.bindings = false;
+  auto a = tiny_rmt(1, 160);
+  rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>>(a, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus)).run();
+  o.resume = true;
+  o.bindings = true;
+  auto b = tiny_rmt(1, 160);
+  CHECK_THROWS_WITH(rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>>(b, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus)).run(),
+                    Catch::Contains("checkpoint trained without binding labels, this run with"));
+  o.task = tasks::Task::fact_memorization;
+  o.resume = false;
+  CHECK_THROWS_AS(rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>>(b, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus)), Error);
 }

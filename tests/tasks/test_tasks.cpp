@@ -4,7 +4,9 @@
 #include <regex>
 #include <set>
 
+#include "engram/tasks/bindings.hpp"
 #include "engram/tasks/memory_tasks.hpp"
+#include "engram/train/data.hpp"
 #include "test_util.hpp"
 
 using namespace engram;
@@ -250,4 +252,52 @@ TEST_CASE("reasoning asks the chosen question forms, with the same facts and ans
   CHECK(parse_task("reasoning") == Task::reasoning);
   CHECK_THROWS_AS(parse_questions("sideways"), Error);
   CHECK_THROWS_AS(parse_task("qa4"), Error);
+}
+
+TEST_CASE("binding labels name each fact's place at its direction and the answer at the question's", "[tasks][bindings]") {
+  const Corpus& c = small_corpus();
+  // Read back from the sample's bytes with regexes: every label sits on the first two bytes of a
+  // direction word and names the first two bytes of the place bound to it.
+  const std::regex fact(R"(The (\w+) is (north|south|east|west) of the (\w+)\.)");
+  for (std::uint64_t seed = 0; seed < 100; ++seed) {
+    for (Index segment : {Index(0), Index(200)}) {
+      const Sample s = make_sample(c, TaskOptions{Task::reasoning, 600, segment, false, seed % 3 == 0 ? Questions::inverse : Questions::both}, seed);
+      const std::vector<BindingLabel> labels = binding_labels(s.info);
+      REQUIRE(labels.size() == 6);
+      std::vector<std::pair<Index, std::string>> expected;  // (direction's first byte, place)
+      for (std::size_t f = 0; f < 2; ++f) {
+        std::smatch m;
+        const std::string text = text_of(s, s.info.fact_spans[f]);
+        REQUIRE(std::regex_match(text, m, fact));
+        expected.push_back({s.info.fact_spans[f].begin + Index(m.position(2)), m[1]});
+      }
+      std::smatch q;
+      const std::string question = text_of(s, s.info.question_span);
+      REQUIRE(std::regex_search(question, q, std::regex("north|south|east|west")));
+      expected.push_back({s.info.question_span.begin + Index(q.position(0)), std::string(s.info.answer_text())});
+      for (std::size_t k = 0; k < 3; ++k)
+        for (Index i = 0; i < 2; ++i) {
+          const BindingLabel& l = labels[2 * k + std::size_t(i)];
+          CHECK(l.position == expected[k].first + i);
+          CHECK(l.token == static_cast<unsigned char>(expected[k].second[std::size_t(i)]));
+        }
+    }
+  }
+  CHECK_THROWS_AS(binding_labels(make_sample(c, TaskOptions{Task::fact_detection, 600}, 1).info), Error);
+}
+
+TEST_CASE("a task source with bindings adds the binding labels and keeps the answer's", "[tasks][bindings]") {
+  const Corpus& c = small_corpus();
+  const TaskOptions o{Task::reasoning, 300, 150};
+  const train::TaskSource plain(c, o, 7), bound(c, o, 7, true, true);
+  const train::Batch a = plain.train_batch(3, 0, 4), b = bound.train_batch(3, 0, 4);
+  REQUIRE(a.tokens == b.tokens);
+  Index extra = 0;
+  for (std::size_t i = 0; i < a.labels.size(); ++i) {
+    if (a.labels[i] != train::kIgnore) CHECK(b.labels[i] == a.labels[i]);  // the answer's labels unchanged
+    if (a.labels[i] == train::kIgnore && b.labels[i] != train::kIgnore) ++extra;
+  }
+  CHECK(extra == 4 * 6);
+  CHECK_THROWS_AS(train::TaskSource(c, TaskOptions{Task::fact_memorization, 300}, 7, true, true), Error);
+  CHECK_THROWS_AS(train::TaskSource(c, o, 7, false, true), Error);
 }

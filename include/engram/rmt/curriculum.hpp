@@ -43,6 +43,11 @@ struct CurriculumStage {
 struct CurriculumOptions {
   tasks::Task task = tasks::Task::fact_memorization;
   tasks::Questions questions = tasks::Questions::both;  ///< reasoning: the qa4 question forms trained on
+  /// Reasoning: label each fact's direction with its place and the question's direction with the
+  /// answer as well (tasks/bindings.hpp), in every stage. Without them no model we trained got past
+  /// "one of the two places" (bench/results/rmt_reasoning/). The loss and training accuracy then
+  /// count these labels with the answer's; the held-out accuracy is the answer's alone.
+  bool bindings = false;
   std::vector<CurriculumStage> stages = {{1, 1000}, {2, 1000}, {4, 1000}, {8, 1000}};
   Index min_stage_steps = 100;      ///< a stage may end early only after this many steps
   double advance_accuracy = 0.99;   ///< held-out accuracy that ends a stage early (> 1: never); the last stage always runs its budget
@@ -93,6 +98,7 @@ struct CurriculumOptions {
     check(std::isfinite(advance_accuracy), where, "advance_accuracy must be finite");
     check(log_every >= 1 && eval_every >= 1 && checkpoint_every >= 1, where, "log_every, eval_every and checkpoint_every must be >= 1");
     check(!resume || !out_dir.empty(), where, "resume needs an output directory");
+    check(!bindings || task == tasks::Task::reasoning, where, "binding labels exist for the reasoning task only, got ", tasks::name(task));
     train::Schedule{lr, min_lr, warmup, std::max<Index>(warmup, 1), decay}.validate();
     adamw.validate();
   }
@@ -180,7 +186,8 @@ class CurriculumTrainer {
     t.questions = options_.questions;
     t.length = sample_length(stage, step);
     t.segment_size = model_.segment_size();
-    const train::TaskSource src(corpus_, t, tasks::mix_seed(options_.seed + 0x5747'0000ull * std::uint64_t(stage + 1)));
+    const train::TaskSource src(corpus_, t, tasks::mix_seed(options_.seed + 0x5747'0000ull * std::uint64_t(stage + 1)), true,
+                                options_.bindings);
     const train::Batch b = src.train_batch(step, micro, n_seqs);
     TrainBatch out;
     out.n_seqs = b.n_seqs;
@@ -397,6 +404,7 @@ class CurriculumTrainer {
     state.set("seed", json::Value(std::int64_t(options_.seed)));
     state.set("task", std::string(tasks::name(options_.task)));
     state.set("questions", std::string(tasks::name(options_.questions)));
+    state.set("bindings", json::Value(options_.bindings));
     train::ModelIO<T> io;
     io.save = [&](const Decoder<T>&, const std::filesystem::path& d) { save(model_, d); };
     train::save_checkpoint<T>(options_.out_dir / "checkpoint", io, model_.backbone(), *optimizer_, std::move(state));
@@ -421,6 +429,10 @@ class CurriculumTrainer {
     const std::string forms = state.contains("questions") ? state.at("questions").as_string("questions") : "both";
     check(std::string(tasks::name(options_.questions)) == forms, dir.string(), "checkpoint of ", forms, " questions, this run trains ",
           tasks::name(options_.questions));
+    // Checkpoints written before binding labels existed trained without them.
+    const bool bindings = state.contains("bindings") && state.at("bindings").as_bool("bindings");
+    check(bindings == options_.bindings, dir.string(), "checkpoint trained ", bindings ? "with" : "without", " binding labels, this run ",
+          options_.bindings ? "with" : "without");
     stage_ = integer("stage"), stage_step_ = integer("stage_step"), step_ = integer("global_step"), tokens_ = tokens_before_ = integer("tokens");
     check(stage_ >= 0 && stage_ < Index(options_.stages.size()), dir.string(), "checkpoint at stage ", stage_, " of a curriculum of ",
           options_.stages.size());

@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "engram/tasks/answer.hpp"
+#include "engram/tasks/bindings.hpp"
 #include "engram/tasks/memory_tasks.hpp"
 #include "engram/tasks/rng.hpp"
 #include "engram/tasks/tokenizer.hpp"
@@ -136,12 +137,17 @@ class WindowSource final : public BatchSource {
 
 /// Freshly generated memory-task samples (tasks/memory_tasks.hpp): the sample's tokens, then its
 /// answer bytes (tasks/answer.hpp), padded to length + max_answer_bytes(); the loss is on the
-/// answer bytes only (`answer_only`, default) or on every next byte.
+/// answer bytes only (`answer_only`, default) or on every next byte. `bindings` (reasoning, answer
+/// only) labels the facts' and the question's directions as well (tasks/bindings.hpp).
 class TaskSource final : public BatchSource {
  public:
-  TaskSource(const tasks::Corpus& background, tasks::TaskOptions options, std::uint64_t seed, bool answer_only = true)
-      : background_(&background), options_(options), seed_(seed), answer_only_(answer_only) {
+  TaskSource(const tasks::Corpus& background, tasks::TaskOptions options, std::uint64_t seed, bool answer_only = true,
+             bool bindings = false)
+      : background_(&background), options_(options), seed_(seed), answer_only_(answer_only), bindings_(bindings) {
     check(options.length > 0, "train::TaskSource", "task length must be positive, got ", options.length);
+    check(!bindings || (answer_only && options.task == tasks::Task::reasoning), "train::TaskSource",
+          "binding labels need the reasoning task with the answer-only loss, got ", tasks::name(options.task),
+          answer_only ? " (answer only)" : " (every byte)");
     (void)tasks::make_sample(background, options, 0);  // fails early when the task does not fit
   }
   Batch train_batch(Index step, Index micro, Index n_seqs) const override {
@@ -174,6 +180,8 @@ class TaskSource final : public BatchSource {
       std::copy(seq.begin(), seq.end(), tok);
       for (Index t = 0; t + 1 < Index(seq.size()); ++t)
         if (!answer_only_ || t + 1 >= answer_begin) lab[t] = seq[std::size_t(t + 1)];
+      if (bindings_)
+        for (const tasks::BindingLabel& l : tasks::binding_labels(sample.info)) lab[l.position] = l.token;
     }
     return b;
   }
@@ -181,6 +189,7 @@ class TaskSource final : public BatchSource {
   tasks::TaskOptions options_;
   std::uint64_t seed_;
   bool answer_only_;
+  bool bindings_;
 };
 
 }  // namespace train
