@@ -49,7 +49,7 @@ struct Options {
               stage_steps = "600";
   Index d_model = 64, layers = 2, heads = 4, d_ff = 0, segment = 128, memory = 4, d_mem = 16, batch = 16, micro_batch = 0, warmup = 50,
         min_stage_steps = 100, select_segments = 0, eval_every = 100, eval_samples = 64, log_every = 10, checkpoint_every = 100, k2 = -1, burn_in = 0;
-  double lr = 2e-3, min_lr = 2e-4, weight_decay = 0.01, clip = 1.0, clip_value = 0.0, advance = 0.98, init_std = 0.02;
+  double boundary = 0, lr = 2e-3, min_lr = 2e-4, weight_decay = 0.01, clip = 1.0, clip_value = 0.0, advance = 0.98, init_std = 0.02;
   bool resume = false, bind = false;
 };
 
@@ -76,6 +76,7 @@ int run_training(W& model, const Options& o, const tasks::Corpus& corpus, exampl
   c.task = tasks::parse_task(o.task);
   c.questions = tasks::parse_questions(o.questions);
   c.bindings = o.bind;
+  c.boundary_fraction = o.boundary;
   const auto segments = parse_list(o.stages, "--stages");
   auto steps = parse_list(o.stage_steps, "--stage-steps");
   if (steps.size() == 1) steps.assign(segments.size(), steps[0]);
@@ -186,6 +187,10 @@ int main(int argc, char** argv) {
                        "before each step's samples, D segments of background read without gradient, D log-uniform in [0, N] "
                        "(trains writing a fact after a long read; 0: off)")
             ->check(CLI::Range(Index(0), Index(1) << 20));
+        app.add_option("--boundary", o.boundary,
+                       "fraction of samples of 2+ segments whose document ends within the answer's length of a segment end, so the "
+                       "answer is read from memory alone (0: the natural rate, about 9 / segment)")
+            ->check(cli::range(0.0, 1.0));
         app.add_option("--init-std", o.init_std, "standard deviation of the initial weights")->check(cli::range(1e-6, 1.0));
         app.add_option("--eval-samples", o.eval_samples, "held-out samples per evaluation")->check(CLI::Range(Index(1), Index(1) << 20));
         app.add_option("--eval-every", o.eval_every, "held-out accuracy every N steps of a stage")->check(CLI::Range(Index(1), Index(1) << 30));

@@ -125,6 +125,37 @@ TEST_CASE("curriculum sample lengths stay within the stage and fill the last seg
   for (int k = 1; k <= 4; ++k) CHECK(seen[std::size_t(k)] > 20);  // 1 to 4 segments, all drawn
 }
 
+TEST_CASE("boundary samples end the document within the answer's length of a segment end", "[rmt][curriculum]") {
+  auto w = tiny_rmt();
+  const tasks::Corpus corpus = tasks::Corpus::fortunes();
+  rmt::CurriculumOptions o = tiny_options({});
+  o.stages = {{1, 10}, {4, 10}};
+  const rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>> plain(w, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus));
+  o.boundary_fraction = 1;
+  const rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>> edge(w, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus));
+  o.boundary_fraction = 0.25;
+  const rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>> some(w, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus));
+  const Index a = tasks::max_answer_bytes();
+  auto at_boundary = [&](Index length) { return length > 64 - a && (length + a - 1) % 64 < a; };  // ends in [k s - a + 1, k s]
+  int plain_edges = 0, some_edges = 0;
+  for (Index step = 1; step <= 400; ++step) {
+    CHECK(edge.sample_length(0, step) == plain.sample_length(0, step));  // one segment: nothing to cross
+    const Index p = plain.sample_length(1, step), e = edge.sample_length(1, step), m = some.sample_length(1, step);
+    // Samples of one segment stay; every longer one ends at a boundary, within the stage's segments.
+    if (p <= 64 - a) CHECK(e == p);
+    else CHECK(at_boundary(e));
+    CHECK(e + a <= 4 * 64);
+    CHECK((m == p || at_boundary(m)));
+    plain_edges += at_boundary(p), some_edges += at_boundary(m);
+  }
+  // The natural rate is about a / 64 of the ~300 samples of 2+ segments (a = 10: about 47); a
+  // quarter of the rest more with 0.25 (about 63 more; 5 sigma below that is still above 30).
+  CHECK(plain_edges < 80);
+  CHECK(some_edges > plain_edges + 30);
+  o.boundary_fraction = 1.5;
+  CHECK_THROWS_AS(rmt::CurriculumTrainer<rmt::RecurrentWrapper<float>>(w, corpus, o, held_out<rmt::RecurrentWrapper<float>>(corpus)), Error);
+}
+
 TEST_CASE("burn-in puts whole segments of background, without labels, in front of the same samples", "[rmt][curriculum]") {
   auto w = tiny_rmt();
   const tasks::Corpus corpus = tasks::Corpus::fortunes();

@@ -65,6 +65,12 @@ struct CurriculumOptions {
   /// the answer's loss and the facts stay in the sample. bench/results/rmt_fact_detection/
   /// write_depth.md: on the detection model it did not help (the drift itself gets no gradient).
   Index burn_in_segments = 0;
+  /// Fraction of the samples of two or more segments whose document ends within the answer's
+  /// length of a segment end, so the answer (all of it, or its end) is predicted in a segment that
+  /// holds only the memory (0: the natural rate, about max_answer_bytes / segment_size). A reasoning
+  /// answer there needs the question carried in the memory as well as the facts; a model trained at
+  /// the natural rate answers 0.9 one byte before such a length and 0.5 at it (bench/results/rmt_reasoning/).
+  double boundary_fraction = 0;
   Index batch = 16;                 ///< sequences per optimizer step
   Index micro_batch = 0;            ///< sequences per forward/backward, run in parallel (0: batch / threads)
   double lr = 1e-3;                 ///< peak learning rate of every stage (warm-up, then decay within the stage)
@@ -98,6 +104,7 @@ struct CurriculumOptions {
     check(std::isfinite(advance_accuracy), where, "advance_accuracy must be finite");
     check(log_every >= 1 && eval_every >= 1 && checkpoint_every >= 1, where, "log_every, eval_every and checkpoint_every must be >= 1");
     check(!resume || !out_dir.empty(), where, "resume needs an output directory");
+    check(boundary_fraction >= 0 && boundary_fraction <= 1, where, "boundary_fraction must be in [0, 1], got ", boundary_fraction);
     check(!bindings || task == tasks::Task::reasoning, where, "binding labels exist for the reasoning task only, got ", tasks::name(task));
     train::Schedule{lr, min_lr, warmup, std::max<Index>(warmup, 1), decay}.validate();
     adamw.validate();
@@ -158,13 +165,18 @@ class CurriculumTrainer {
 
   /// Document length (before the answer) of the samples of `step` in a stage of `max_segments`:
   /// the number of segments is uniform in [1, max_segments] and the answer ends uniformly inside
-  /// the last one (so the question may end a segment and the answer start the next).
+  /// the last one (so the question may end a segment and the answer start the next; with
+  /// CurriculumOptions::boundary_fraction that case is drawn more often).
   Index sample_length(Index stage, Index step) const {
     tasks::Rng rng(tasks::mix_seed(options_.seed ^ tasks::mix_seed(0x1E57'0000ull + std::uint64_t(stage) * 1'000'003u + std::uint64_t(step))));
     const Index s = model_.segment_size(), a = tasks::max_answer_bytes(), lo_min = task_min_length(options_.task);
     const Index n = rng.between(1, options_.stages[std::size_t(stage)].segments);
     const Index hi = n * s - a, lo = std::max(lo_min, (n - 1) * s + 1 - a);
-    return rng.between(std::min(lo, hi), hi);
+    const Index length = rng.between(std::min(lo, hi), hi);
+    if (options_.boundary_fraction == 0 || n == 1) return length;  // (no extra draw: the default stream stays as it was)
+    // A boundary sample: the document ends within the answer's length of the previous segment's end.
+    const double u = double(rng.between(0, (Index(1) << 30) - 1)) / double(Index(1) << 30);  // [0, 1)
+    return u < options_.boundary_fraction ? rng.between(lo, (n - 1) * s) : length;
   }
 
   /// Segments of background before the samples of `step` of `stage` (CurriculumOptions::
