@@ -189,7 +189,7 @@ int main(int argc, char** argv) {
             ->check(CLI::Range(Index(0), Index(1) << 20));
         app.add_option("--boundary", o.boundary,
                        "fraction of samples of 2+ segments whose document ends within the answer's length of a segment end, so the "
-                       "answer is read from memory alone (0: the natural rate, about 9 / segment)")
+                       "answer is read from memory alone (0: the natural rate, about 10 / --segment)")
             ->check(cli::range(0.0, 1.0));
         app.add_option("--init-std", o.init_std, "standard deviation of the initial weights")->check(cli::range(1e-6, 1.0));
         app.add_option("--eval-samples", o.eval_samples, "held-out samples per evaluation")->check(CLI::Range(Index(1), Index(1) << 20));
