@@ -70,7 +70,7 @@ void trained_rmt_answers(const W& model, Index length, int samples) {
     const double read_s = since(t0);
     const int choice = eval::most_likely_answer(model, s);
     choices += choice == stream.info().answer;
-    const auto answer = model.generate(s, 12, '\n');
+    const auto answer = model.generate(s, 12, '\n', rmt::answer_continuation(model.backbone().config));
     std::string text = tasks::ByteTokenizer::decode(answer, true);
     while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
     while (!text.empty() && text.front() == ' ') text.erase(0, 1);

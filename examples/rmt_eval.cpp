@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -31,10 +32,10 @@ namespace {
 template <class W>
 class LastSegmentReader final : public eval::Reader {
  public:
-  explicit LastSegmentReader(const W& model) : model_(model) {}
+  LastSegmentReader(const W& model, rmt::Continuation mode) : model_(model), mode_(mode) {}
   class S final : public eval::Session {
    public:
-    explicit S(const W& m) : m_(m) {}
+    S(const W& m, rmt::Continuation mode) : m_(m), mode_(mode) {}
     void read(std::span<const std::int32_t> tokens) override {
       const std::size_t seg = std::size_t(m_.segment_size());
       for (std::int32_t t : tokens) {
@@ -45,7 +46,7 @@ class LastSegmentReader final : public eval::Reader {
     void score(std::span<const std::int32_t> continuation, std::span<double> out) override {
       auto st = m_.make_state();
       m_.push(tail_, st);
-      m_.score(continuation, st, out);
+      m_.score(continuation, st, out, mode_);
       read(continuation);
     }
     std::unique_ptr<eval::Session> fork() const override { return std::make_unique<S>(*this); }
@@ -53,14 +54,16 @@ class LastSegmentReader final : public eval::Reader {
 
    private:
     const W& m_;
+    rmt::Continuation mode_;
     std::vector<std::int32_t> tail_;
   };
-  std::unique_ptr<eval::Session> start() const override { return std::make_unique<S>(model_); }
+  std::unique_ptr<eval::Session> start() const override { return std::make_unique<S>(model_, mode_); }
   std::string describe() const override { return "no memory (last segment only)"; }
   Index vocab_size() const override { return model_.backbone().config.vocab_size; }
 
  private:
   const W& model_;
+  rmt::Continuation mode_;
 };
 
 std::vector<Index> parse_lengths(const std::string& text) {
@@ -96,16 +99,18 @@ struct Row {
 
 template <class W>
 int evaluate(const W& model, const std::string& task_name, tasks::Questions questions, const std::vector<Index>& lengths, Index samples, Index long_samples, Index long_from,
-             bool baseline, bool confusion, const std::string& out, const tasks::Corpus& corpus) {
+             bool baseline, bool confusion, const std::string& out, const tasks::Corpus& corpus, std::optional<rmt::Continuation> continuation) {
+  const rmt::Continuation mode = continuation.value_or(rmt::answer_continuation(model.backbone().config));
   tasks::TaskOptions t;
   t.task = tasks::parse_task(task_name);
   t.questions = questions;
   t.segment_size = model.segment_size();
-  std::printf("engram-rmt-eval: %s on %s, held-out samples (eval stream from 0)\n", model.describe().c_str(), task_name.c_str());
+  std::printf("engram-rmt-eval: %s on %s, held-out samples (eval stream from 0), answers %s\n", model.describe().c_str(), task_name.c_str(),
+              mode == rmt::Continuation::answer ? "continue the last segment" : "streamed (a full segment closes first)");
   std::printf("%-30s %10s %8s %8s %17s %9s %12s %12s %9s\n", "model", "tokens", "samples", "acc", "95% CI", "seconds", "tokens/s", "peak state", "max RSS");
   std::vector<Row> rows;
-  const eval::MemoryReader<W> mem(model);
-  const LastSegmentReader<W> last(model);
+  const eval::MemoryReader<W> mem(model, "", mode);
+  const LastSegmentReader<W> last(model, mode);
   for (Index len : lengths) {
     t.length = len;
     const Index n = len >= long_from ? long_samples : samples;
@@ -177,6 +182,7 @@ int evaluate(const W& model, const std::string& task_name, tasks::Questions ques
 int main(int argc, char** argv) {
   std::string model_dir, task = "fact_memorization", questions = "both", lengths_text = "1024,4096,16384,65536,262144,1048576", out, background;
   Index samples = 100, long_samples = 50, long_from = Index(1) << 20;
+  std::string continuation = "auto";
   bool baseline = false, confusion = false;
   return cli::run(
       argc, argv,
@@ -192,20 +198,27 @@ int main(int argc, char** argv) {
         app.add_option("--long-samples", long_samples, "samples per length from --long-from tokens on")->check(CLI::Range(Index(1), Index(1) << 20));
         app.add_option("--long-from", long_from, "lengths from which --long-samples applies")->check(CLI::Range(Index(1), Index(1) << 40));
         app.add_flag("--baseline", baseline, "also score the no-memory baseline (the same model reading only the last segment)");
+        app.add_option("--continuation", continuation,
+                       "where the candidate answers go: answer (they continue the question's segment, as the official RMT generate), "
+                       "stream (more of the sequence: a question that ends a segment leaves its answer to a new one), or auto: answer "
+                       "unless the backbone has a learned position table (no rows past a full segment)")
+            ->check(CLI::IsMember({"auto", "answer", "stream"}));
         app.add_flag("--confusion", confusion, "print which answer each true place gets (memory model)");
         app.add_option("--background", background, "background text (default: Debian's fortunes)")->check(cli::regular_file());
         app.add_option("--out", out, "directory for accuracy.csv and accuracy.svg");
       },
       [&] {
         const auto lengths = parse_lengths(lengths_text);
+        std::optional<rmt::Continuation> mode;
+        if (continuation != "auto") mode = continuation == "answer" ? rmt::Continuation::answer : rmt::Continuation::stream;
         const tasks::Corpus corpus = background.empty() ? tasks::Corpus::fortunes() : tasks::Corpus::from_path(background);
         const json::Value cfg = read_json_file(std::filesystem::path(model_dir) / "config.json");
         if (cfg.is_object() && cfg.find("armt")) {
           const auto m = rmt::load_armt<float>(model_dir);
-          return evaluate(m, task, tasks::parse_questions(questions), lengths, samples, long_samples, long_from, baseline, confusion, out, corpus);
+          return evaluate(m, task, tasks::parse_questions(questions), lengths, samples, long_samples, long_from, baseline, confusion, out, corpus, mode);
         }
         const auto m = rmt::load<float>(model_dir);
         if (m.config().layout != rmt::Layout::decoder) cli::usage_error("--model", "an encoder-layout RMT classifies; this program scores decoders");
-        return evaluate(m, task, tasks::parse_questions(questions), lengths, samples, long_samples, long_from, baseline, confusion, out, corpus);
+        return evaluate(m, task, tasks::parse_questions(questions), lengths, samples, long_samples, long_from, baseline, confusion, out, corpus, mode);
       });
 }

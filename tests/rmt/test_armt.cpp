@@ -115,24 +115,31 @@ TEST_CASE("ARMT forward and associative states match the reference per segment",
   CHECK(w.backbone().config.max_positions == 35);  // 32 backbone rows + 3 memory rows
   const auto tok = tokens();
   auto s = w.make_state({.content_logits = true});
-  Index k = 0;
+  Index k = 0;  // the segment the callback sees
   const rmt::SegmentCallback<double> check_segment = [&](const rmt::SegmentOutput<double>& o) {
-    const std::string p = "seg" + std::to_string(k) + ".";
+    const std::string p = "seg" + std::to_string(k++) + ".";
     INFO(p);
     CHECK(rel_to_f64<double>(o.hidden, golden(), p + "hidden") <= 1e-10);
     CHECK(rel_to_f64<double>(o.logits, golden(), p + "logits") <= 1e-10);
   };
-  for (; k < 3; ++k) {
-    const Index begin = 6 * k, n = std::min<Index>(6, Index(tok.size()) - begin);
-    w.push(std::span<const std::int32_t>(tok).subspan(std::size_t(begin), std::size_t(n)), s, check_segment);
-    if (k == 2) w.finish(s, check_segment);
+  const auto check_state = [&](Index segment) {
     for (Index l = 0; l < 2; ++l) {
-      const std::string p = "seg" + std::to_string(k) + ".";
+      const std::string p = "seg" + std::to_string(segment) + ".";
       INFO(p << " layer " << l);
       CHECK(rel_to_f64<double>(s.A(l), golden(), p + "A" + std::to_string(l)) <= 1e-10);
       CHECK(rel_to_f64<double>(s.z(l), golden(), p + "z" + std::to_string(l)) <= 1e-10);
     }
+  };
+  for (Index j = 0; j < 3; ++j) {
+    const Index begin = 6 * j, n = std::min<Index>(6, Index(tok.size()) - begin);
+    w.push(std::span<const std::int32_t>(tok).subspan(std::size_t(begin), std::size_t(n)), s, check_segment);
+    // Segment j is held until a token follows it: this push ran segment j - 1.
+    CHECK(k == j);
+    if (j > 0) check_state(j - 1);
   }
+  w.finish(s, check_segment);
+  CHECK(k == 3);
+  check_state(2);
   const auto r = w.run(tok, {.all_logits = true});
   CHECK(r.n_segments == 3);
   CHECK(rel_to_f64<double>(r.logits.view(), golden(), "logits") <= 1e-10);
@@ -310,6 +317,130 @@ TEST_CASE("RMT continuation: score equals the whole run, generate is its greedy 
   auto es = enc.make_state({.total_tokens = 3});
   enc.push(std::vector<std::int32_t>{3, 4, 5}, es);
   CHECK_THROWS_AS(enc.generate(es, 1), Error);
+}
+
+// log p(tok[t + 1] | ...) from the content logits [N, V] of a whole run, row t.
+double row_log_prob(const Tensor<float>& logits, Index t, std::int32_t token) {
+  double mx = -INFINITY, sum = 0;
+  for (Index c = 0; c < logits.cols(); ++c) mx = std::max(mx, double(logits(t, c)));
+  for (Index c = 0; c < logits.cols(); ++c) sum += std::exp(double(logits(t, c)) - mx);
+  return double(logits(t, token)) - mx - std::log(sum);
+}
+
+TEST_CASE("A completed segment is held until a token follows it; finish runs it", "[rmt][armt][stream]") {
+  const auto r = rmt::load<float>(test::fixture("rmt/decoder"));  // segments of 6
+  const auto a = random_armt<float>("gpt2", 3, 7, 4, 5);           // segments of 7
+  std::vector<std::int32_t> tok;
+  for (int i = 0; i < 21; ++i) tok.push_back(std::int32_t((i * 5 + 2) % 29));
+  const std::span<const std::int32_t> all(tok);
+  auto rs = r.make_state();
+  r.push(all.first(12), rs);  // two segments complete; the second waits for a token after it
+  CHECK(rs.segments() == 1);
+  CHECK(rs.tokens_processed() == 6);
+  r.push(all.subspan(12, 1), rs);
+  CHECK(rs.segments() == 2);
+  r.push(all.subspan(13, 5), rs);  // 18 tokens: the third segment is held
+  CHECK(rs.segments() == 2);
+  r.finish(rs);
+  CHECK(rs.segments() == 3);
+  CHECK(test::relative_error<float>(rs.memory(), r.run(all.first(18)).final_memory.view()) == 0.0);
+  auto as = a.make_state();
+  a.push(all.first(14), as);
+  CHECK(as.segments() == 1);
+  a.push(all.subspan(14, 1), as);
+  CHECK(as.segments() == 2);
+  a.finish(as);
+  CHECK(as.segments() == 3);
+  CHECK(as.tokens_processed() == 15);
+}
+
+TEST_CASE("Answer continuations extend the last segment, as the official generate", "[rmt][armt][stream]") {
+  auto llama = std::make_shared<const Decoder<float>>(hf::load_decoder<float>(test::fixture("llama_tiny")));
+  std::vector<std::int32_t> tok;
+  for (int i = 0; i < 13; ++i) tok.push_back(std::int32_t((i * 7 + 3) % 29));
+  const std::span<const std::int32_t> prompt = std::span<const std::int32_t>(tok).first(10), answer = std::span<const std::int32_t>(tok).subspan(10);
+  for (auto mask : {rmt::MemoryMask::causal, rmt::MemoryMask::bidirectional}) {
+    INFO("memory mask " << int(mask));
+    const rmt::RecurrentWrapper<float> w(rmt::MemoryCell<float>(llama, rmt::Config::decoder(4, 5, mask), rmt::hf_initial_memory(*llama, 4, 7)));
+    // The prompt fills two segments exactly: the answer continues the second, reading the memory
+    // the first wrote. Reference: one segment of 8 over that memory, [M1 | tokens 5..9 | answer].
+    const auto whole = w.run(prompt, {.keep_segments = true});
+    REQUIRE(whole.segments.size() == 2);
+    const rmt::RecurrentWrapper<float> wide(rmt::MemoryCell<float>(llama, rmt::Config::decoder(4, 8, mask), whole.segments[1].memory_in.copy()));
+    const auto ref = wide.run(std::span<const std::int32_t>(tok).subspan(5), {.all_logits = true});
+    auto s = w.make_state();
+    w.push(prompt, s);
+    auto streamed = s.copy();
+    std::vector<double> lp(answer.size()), lp_stream(answer.size());
+    w.score(answer, s, lp, rmt::Continuation::answer);
+    for (std::size_t i = 0; i < lp.size(); ++i) CHECK(std::abs(lp[i] - row_log_prob(ref.logits, Index(4 + i), answer[i])) <= 1e-4);
+    CHECK(s.finished());
+    CHECK(s.segments() == 1);  // the last segment never ran: nothing was written
+    CHECK_THROWS_AS(w.push(answer, s), Error);
+    // Streamed, the answer after a full segment starts a new one: the first token is the same
+    // prediction, the rest differ.
+    w.score(answer, streamed, lp_stream);
+    CHECK(std::abs(lp_stream[0] - lp[0]) <= 1e-5);
+    CHECK(std::abs(lp_stream[1] - lp[1]) > 1e-4);
+    // Inside a segment both modes are the same rows.
+    auto p1 = w.make_state(), p2 = w.make_state();
+    w.push(std::span<const std::int32_t>(tok).first(6), p1);
+    w.push(std::span<const std::int32_t>(tok).first(6), p2);
+    std::vector<double> x1(3), x2(3);
+    w.score(std::span<const std::int32_t>(tok).subspan(6, 3), p1, x1, rmt::Continuation::answer);
+    w.score(std::span<const std::int32_t>(tok).subspan(6, 3), p2, x2);
+    for (std::size_t i = 0; i < 3; ++i) CHECK(std::abs(x1[i] - x2[i]) <= 1e-6);
+    // Greedy answers are the argmax of the same rows.
+    auto g = w.make_state();
+    w.push(prompt, g);
+    const auto gen = w.generate(g, 3, -1, rmt::Continuation::answer);
+    REQUIRE(gen.size() == 3);
+    CHECK(g.finished());
+    std::vector<std::int32_t> seq(tok.begin() + 5, tok.begin() + 10);
+    seq.insert(seq.end(), gen.begin(), gen.end());
+    const auto again = wide.run(seq, {.all_logits = true});
+    for (std::size_t i = 0; i < gen.size(); ++i) {
+      const float* row = again.logits.row(Index(4 + i));
+      CHECK(std::int32_t(std::max_element(row, row + again.logits.cols()) - row) == gen[i]);
+    }
+  }
+  // ARMT: a prompt of one full segment answered in it equals a wider segment over the same weights.
+  const auto a5 = random_armt<float>("llama", 3, 5, 4, 11), a8 = random_armt<float>("llama", 3, 8, 4, 11);
+  const auto ref = a8.run(std::span<const std::int32_t>(tok).first(8), {.all_logits = true});
+  auto s = a5.make_state();
+  a5.push(std::span<const std::int32_t>(tok).first(5), s);
+  std::vector<double> lp(3);
+  a5.score(std::span<const std::int32_t>(tok).subspan(5, 3), s, lp, rmt::Continuation::answer);
+  for (std::size_t i = 0; i < lp.size(); ++i) CHECK(std::abs(lp[i] - row_log_prob(ref.logits, Index(4 + i), tok[5 + i])) <= 1e-4);
+  CHECK(s.finished());
+  // Two segments: the answer reads the associative memory the first wrote, so it differs from the
+  // same tokens answered after the second segment alone; streamed it differs again.
+  auto two = a5.make_state(), alone = a5.make_state(), streamed = a5.make_state();
+  a5.push(prompt, two);
+  a5.push(prompt, streamed);
+  a5.push(prompt.subspan(5), alone);
+  std::vector<double> l2(3), la(3), ls(3);
+  a5.score(answer, two, l2, rmt::Continuation::answer);
+  a5.score(answer, alone, la, rmt::Continuation::answer);
+  a5.score(answer, streamed, ls);
+  CHECK(std::abs(l2[0] - ls[0]) <= 1e-5);
+  CHECK(std::abs(l2[1] - ls[1]) > 1e-4);
+  CHECK(std::abs(l2[0] - la[0]) > 1e-4);
+  // Learned position tables bound an answer: GPT-2 fixture, 3 memory + 6 tokens of 32 positions.
+  const auto g2 = rmt::load<float>(test::fixture("rmt/decoder"));
+  const auto ga = random_armt<float>("gpt2", 3, 7, 4, 5);  // 10 positions, segments of 7
+  for (Index n : {23, 24}) {
+    auto st = g2.make_state();
+    g2.push(std::span<const std::int32_t>(tok).first(6), st);
+    std::vector<std::int32_t> cont(std::size_t(n), 1);
+    std::vector<double> out(cont.size());
+    if (n == 23) CHECK_NOTHROW(g2.score(cont, st, out, rmt::Continuation::answer));
+    else CHECK_THROWS_WITH(g2.score(cont, st, out, rmt::Continuation::answer), Catch::Contains("max_position_embeddings = 32"));
+    auto at = ga.make_state();
+    ga.push(std::span<const std::int32_t>(tok).first(7), at);
+    if (n == 23) CHECK_NOTHROW(ga.generate(at, 3, -1, rmt::Continuation::answer));
+    else CHECK_THROWS_WITH(ga.generate(at, 4, -1, rmt::Continuation::answer), Catch::Contains("max_position_embeddings = 10"));
+  }
 }
 
 TEST_CASE("RMT and ARMT checkpoints round-trip; a checkpoint of the other layout is refused", "[armt][rmt][loader][errors]") {

@@ -203,12 +203,13 @@ class ArmtWrapper {
     return s;
   }
 
-  /// Appends tokens; runs every segment they complete (calling `on_segment`: memory_in/out are empty,
-  /// hidden holds the content and memory rows).
+  /// Appends tokens; runs every segment they complete once a token follows it (calling `on_segment`:
+  /// memory_in/out are empty, hidden holds the content and memory rows). A completed segment is held
+  /// for an answer, as in RecurrentWrapper::push.
   void push(std::span<const std::int32_t> tokens, State& s, const SegmentCallback<T>& on_segment = {}) const {
     const char* where = "rmt::ArmtWrapper::push";
     check(s.model_ == this, where, "state belongs to another model");
-    check(!s.finished_, where, "the sequence is finished; reset() the state to start another");
+    check(!s.finished_, where, "the sequence is finished (by finish() or an answer continuation); reset() the state to start another");
     check_tokens(tokens, where);
     if (s.options_.total_tokens > 0)
       check(s.pushed_ + Index(tokens.size()) <= s.options_.total_tokens, where, "pushing ", tokens.size(), " tokens after ", s.pushed_,
@@ -218,7 +219,7 @@ class ArmtWrapper {
                   [&](std::span<const std::int32_t> seg) { run_segment(seg, s, on_segment); });
   }
 
-  /// Ends the sequence: runs the short last segment, if any.
+  /// Ends the sequence: runs the last segment (held or short), if any.
   void finish(State& s, const SegmentCallback<T>& on_segment = {}) const {
     const char* where = "rmt::ArmtWrapper::finish";
     check(s.model_ == this, where, "state belongs to another model");
@@ -253,32 +254,36 @@ class ArmtWrapper {
     return r;
   }
 
-  /// As RecurrentWrapper::score: log-probabilities of a continuation, pushed token by token; the
-  /// incomplete segment continues on its KV caches and a completed one appends its memory tokens
-  /// there (content rows never see them, so this equals a whole run).
-  void score(std::span<const std::int32_t> continuation, State& s, std::span<double> out) const {
+  /// As RecurrentWrapper::score: log-probabilities of a continuation token by token; the last
+  /// segment continues on its KV caches. Continuation::stream pushes it (a completed segment appends
+  /// its memory tokens there; content rows never see them, so this equals a whole run);
+  /// Continuation::answer grows the last segment and finishes the state.
+  void score(std::span<const std::int32_t> continuation, State& s, std::span<double> out, Continuation mode = Continuation::stream) const {
     const char* where = "rmt::ArmtWrapper::score";
     check(out.size() == continuation.size(), where, "expected ", continuation.size(), " outputs, got ", out.size());
     check_tokens(continuation, where);
-    start_tail(s, where);
+    start_tail(s, where, mode, Index(continuation.size()));
     for (std::size_t i = 0; i < continuation.size(); ++i) {
       out[i] = log_prob(s.logits_.view(), continuation[i]);
-      advance(s, continuation[i]);
+      advance(s, continuation[i], mode);
     }
+    if (mode == Continuation::answer) s.finished_ = true;
   }
 
   /// As RecurrentWrapper::generate: greedy, up to max_new_tokens, stopping after `stop`.
-  std::vector<std::int32_t> generate(State& s, Index max_new_tokens, std::int32_t stop = -1) const {
-    check(max_new_tokens >= 0, "rmt::ArmtWrapper::generate", "max_new_tokens must be >= 0, got ", max_new_tokens);
-    start_tail(s, "rmt::ArmtWrapper::generate");
+  std::vector<std::int32_t> generate(State& s, Index max_new_tokens, std::int32_t stop = -1, Continuation mode = Continuation::stream) const {
+    const char* where = "rmt::ArmtWrapper::generate";
+    check(max_new_tokens >= 0, where, "max_new_tokens must be >= 0, got ", max_new_tokens);
+    start_tail(s, where, mode, max_new_tokens);
     std::vector<std::int32_t> out;
     for (Index i = 0; i < max_new_tokens; ++i) {
       const T* row = s.logits_.row(0);
       const std::int32_t next = std::int32_t(std::max_element(row, row + s.logits_.cols()) - row);
       out.push_back(next);
-      advance(s, next);
+      advance(s, next, mode);
       if (next == stop) break;
     }
+    if (mode == Continuation::answer) s.finished_ = true;
     return out;
   }
 
@@ -388,43 +393,46 @@ class ArmtWrapper {
     reset_caches(s);
   }
 
-  // The incomplete segment's buffered tokens on fresh caches; s.logits_ [1, V] = next-token logits.
-  void start_tail(State& s, const char* where) const {
+  // The last segment's buffered tokens on fresh caches; s.logits_ [1, V] = next-token logits. An
+  // answer of `tokens` must fit a learned position table after them.
+  void start_tail(State& s, const char* where, Continuation mode, Index tokens) const {
     check(s.model_ == this, where, "state belongs to another model");
-    check(!s.finished_, where, "the sequence is finished; reset() the state to start another");
+    check(!s.finished_, where, "the sequence is finished (by finish() or an answer continuation); reset() the state to start another");
     check(s.pushed_ > 0, where, "push at least one token before scoring or generating a continuation");
     check(s.options_.total_tokens == -1, where, "continuing a sequence needs no declared total_tokens");
     const Index b = Index(s.buffer_.size()), d = d_model();
+    const ModelConfig& bc = backbone_->config;
+    check(mode != Continuation::answer || bc.positions != PositionKind::learned || b + tokens <= bc.max_positions, where, "an answer of ",
+          tokens, " tokens after a segment of ", b, " needs ", b + tokens, " positions, the backbone's learned table has max_position_embeddings = ",
+          bc.max_positions);
     reset_caches(s);
     View<T> logits = scratch(s.logits_, 1, backbone_->config.vocab_size);
-    if (b == 0) {
-      copy<T>(s.readout_.view(), logits);
-      return;
-    }
+    // A pushed, unfinished sequence always buffers its last segment (held until a token follows it).
     View<T> x = scratch(s.x_, b, d);
     backbone_->embed_tokens(s.buffer_, x);
     run_rows(s, x, b);
     backbone_->logits(ConstView<T>(x).middle_rows(b - 1, 1), logits, &s.flops);
   }
 
-  // One more content token; a completed segment runs its memory tokens (the write) and restarts.
-  void advance(State& s, std::int32_t token) const {
+  // One more content token. Streaming, a full segment first runs its memory tokens (the write) and
+  // the next starts; an answer only grows the segment.
+  void advance(State& s, std::int32_t token, Continuation mode) const {
     const Index m = config_.memory_tokens, d = d_model(), seg = config_.segment_size;
+    if (mode == Continuation::stream && Index(s.buffer_.size()) == seg) {
+      View<T> mx = scratch(s.x_, m, d);
+      copy(memory_.view(), mx);
+      run_rows(s, mx, 0);
+      if (s.readout_.rank() != 2 || s.readout_.cols() != s.logits_.cols() || s.readout_.rows() != 1) s.readout_ = Tensor<T>({1, s.logits_.cols()});
+      copy(ConstView<T>(s.logits_.view()), s.readout_.view());
+      s.buffer_.clear();
+      end_segment(s, seg);
+    }
     s.buffer_.push_back(token);
     ++s.pushed_;
     View<T> x = scratch(s.x_, 1, d);
     backbone_->embed_tokens(std::span<const std::int32_t>(&token, 1), x);
     run_rows(s, x, 1);
-    View<T> logits = s.logits_.view();
-    backbone_->logits(ConstView<T>(x), logits, &s.flops);
-    if (Index(s.buffer_.size()) < seg) return;
-    View<T> mx = scratch(s.x_, m, d);
-    copy(memory_.view(), mx);
-    run_rows(s, mx, 0);
-    if (s.readout_.rank() != 2 || s.readout_.cols() != logits.cols() || s.readout_.rows() != 1) s.readout_ = Tensor<T>({1, logits.cols()});
-    copy(ConstView<T>(logits), s.readout_.view());
-    s.buffer_.clear();
-    end_segment(s, seg);
+    backbone_->logits(ConstView<T>(x), s.logits_.view(), &s.flops);
   }
 
   std::shared_ptr<const Decoder<T>> backbone_;

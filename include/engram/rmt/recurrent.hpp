@@ -1,8 +1,8 @@
 // Recurrent wrapper: splits a sequence of any length into segments, carries the memory from one to
-// the next, and streams: tokens are pushed in any chunks, a segment runs as soon as it is complete,
-// so a sequence of millions of tokens runs in constant memory. After reading, it scores a
-// continuation or generates one (greedy), continuing the incomplete segment with a KV cache; it
-// trains through rmt/bptt.hpp. rmt::ArmtWrapper (rmt/armt.hpp) has the same interface.
+// the next, and streams: tokens are pushed in any chunks, a segment runs as soon as the token after
+// it arrives (or at finish()), so a sequence of millions of tokens runs in constant memory. After
+// reading, it scores a continuation or generates one (greedy), continuing the last segment with a KV
+// cache; it trains through rmt/bptt.hpp. rmt::ArmtWrapper (rmt/armt.hpp) has the same interface.
 #pragma once
 
 #include <algorithm>
@@ -31,6 +31,25 @@ struct StreamOptions {
   /// is the short one). -1: unknown.
   Index total_tokens = -1;
 };
+
+/// Where score() and generate() put a continuation.
+enum class Continuation {
+  /// More of the sequence: it fills the incomplete segment and the segments it completes run, as if
+  /// pushed; the state continues after it. Log-probabilities equal a whole run's content logits.
+  stream,
+  /// An answer, as the official RMT generate: it extends the last segment past the segment size
+  /// ([memory | last segment's tokens | answer], no memory written), so the question and its answer
+  /// share a segment even when the question ends one. The state is finished after it. Learned
+  /// position tables bound the answer's length (Error beyond them).
+  answer,
+};
+
+/// How a backbone answers by default: Continuation::answer, unless its positions come from a learned
+/// table (such a table is sized for the training segments and has no rows for an answer past a
+/// full one; its answers stream, and an explicit Continuation::answer throws when it does not fit).
+inline Continuation answer_continuation(const ModelConfig& backbone) {
+  return backbone.positions == PositionKind::learned ? Continuation::stream : Continuation::answer;
+}
 
 /// Options of a whole-sequence run().
 struct RunOptions {
@@ -102,7 +121,7 @@ class RecurrentWrapper {
     FlopCounter flops;
 
     /// Bytes that carry the sequence from one segment to the next: memory, the buffered tokens
-    /// (at most one segment) and the readout. Independent of the sequence length.
+    /// (at most one segment, plus an answer) and the readout. Independent of the sequence length.
     std::size_t bytes() const { return memory_.bytes() + buffer_.capacity() * sizeof(std::int32_t) + readout_.bytes(); }
     /// Scratch reused by every segment: the backbone state of one segment (its KV caches), its
     /// workspace and the layout buffers.
@@ -131,7 +150,7 @@ class RecurrentWrapper {
     const RecurrentWrapper* model_ = nullptr;
     StreamOptions options_;
     Tensor<T> memory_;                 // [m, d]
-    std::vector<std::int32_t> buffer_;  // tokens of the incomplete segment (fewer than its size)
+    std::vector<std::int32_t> buffer_;  // tokens of the last segment, not yet run (at most its size; an answer extends it)
     Tensor<T> readout_;
     Index pushed_ = 0, processed_ = 0, segments_ = 0;
     bool finished_ = false;
@@ -154,11 +173,13 @@ class RecurrentWrapper {
     return s;
   }
 
-  /// Appends tokens to the sequence; runs every segment they complete (calling `on_segment`).
+  /// Appends tokens to the sequence; runs every segment they complete and a token follows (calling
+  /// `on_segment`): a completed segment is held until the next token, so that an answer can continue
+  /// it (Continuation::answer). finish() runs the last one.
   void push(std::span<const std::int32_t> tokens, State& s, const SegmentCallback<T>& on_segment = {}) const {
     const char* where = "rmt::RecurrentWrapper::push";
     check(s.model_ == this, where, "state belongs to another model");
-    check(!s.finished_, where, "the sequence is finished; reset() the state to start another");
+    check(!s.finished_, where, "the sequence is finished (by finish() or an answer continuation); reset() the state to start another");
     if (s.options_.total_tokens > 0)
       check(s.pushed_ + Index(tokens.size()) <= s.options_.total_tokens, where, "pushing ", tokens.size(), " tokens after ", s.pushed_,
             " exceeds the declared total_tokens = ", s.options_.total_tokens);
@@ -166,8 +187,8 @@ class RecurrentWrapper {
     feed_segments(tokens, s.buffer_, [&] { return next_segment_size(s); }, [&](std::span<const std::int32_t> seg) { run_segment(seg, s, on_segment); });
   }
 
-  /// Ends the sequence: runs the short last segment, if any. Throws Error for an empty sequence or
-  /// fewer tokens than the declared total.
+  /// Ends the sequence: runs the last segment (held or short), if any. Throws Error for an empty
+  /// sequence or fewer tokens than the declared total.
   void finish(State& s, const SegmentCallback<T>& on_segment = {}) const {
     const char* where = "rmt::RecurrentWrapper::finish";
     check(s.model_ == this, where, "state belongs to another model");
@@ -205,35 +226,41 @@ class RecurrentWrapper {
   }
 
   /// Natural-log probabilities of `continuation` after everything pushed so far: out[i] = log
-  /// p(continuation[i] | the sequence, continuation[0..i)). The continuation is pushed (the state
-  /// continues after it, its segments run as they complete). The incomplete segment continues on
-  /// a KV cache ([memory | buffered tokens], then one row per token; a completed segment appends its
-  /// write memory there), so the probabilities equal the content logits of a whole run. Decoder
-  /// layout, left alignment; throws Error before anything has been pushed.
-  void score(std::span<const std::int32_t> continuation, State& s, std::span<double> out) const {
-    check(out.size() == continuation.size(), "rmt::RecurrentWrapper::score", "expected ", continuation.size(), " outputs, got ", out.size());
-    cell_.check_tokens(continuation, "rmt::RecurrentWrapper::score");
-    Tail t = start_tail(s, "rmt::RecurrentWrapper::score");
+  /// p(continuation[i] | the sequence, continuation[0..i)). The last segment continues on a KV
+  /// cache ([memory | buffered tokens], then one row per token). Continuation::stream: the
+  /// continuation is pushed (the state continues after it; a segment it completes appends its write
+  /// memory there and the next starts), so the probabilities equal the content logits of a whole
+  /// run. Continuation::answer: the last segment grows by the continuation and the state is
+  /// finished. Decoder layout, left alignment; throws Error before anything has been pushed.
+  void score(std::span<const std::int32_t> continuation, State& s, std::span<double> out, Continuation mode = Continuation::stream) const {
+    const char* where = "rmt::RecurrentWrapper::score";
+    check(out.size() == continuation.size(), where, "expected ", continuation.size(), " outputs, got ", out.size());
+    cell_.check_tokens(continuation, where);
+    Tail t = start_tail(s, where, mode, Index(continuation.size()));
     for (std::size_t i = 0; i < continuation.size(); ++i) {
       out[i] = log_prob(t.logits.view(), continuation[i]);
-      advance(t, s, continuation[i]);
+      advance(t, s, continuation[i], mode);
     }
+    if (mode == Continuation::answer) s.finished_ = true;
   }
 
   /// Greedy generation: up to max_new_tokens tokens, each the argmax of the next-token logits,
-  /// stopping after `stop` (>= 0) when it is generated. The tokens are pushed (as score() does) and
-  /// returned. Decoder layout, left alignment; throws Error before anything has been pushed.
-  std::vector<std::int32_t> generate(State& s, Index max_new_tokens, std::int32_t stop = -1) const {
-    check(max_new_tokens >= 0, "rmt::RecurrentWrapper::generate", "max_new_tokens must be >= 0, got ", max_new_tokens);
-    Tail t = start_tail(s, "rmt::RecurrentWrapper::generate");
+  /// stopping after `stop` (>= 0) when it is generated. The tokens are pushed or answer the
+  /// sequence (`mode`, as in score()) and returned. Decoder layout, left alignment; throws Error
+  /// before anything has been pushed.
+  std::vector<std::int32_t> generate(State& s, Index max_new_tokens, std::int32_t stop = -1, Continuation mode = Continuation::stream) const {
+    const char* where = "rmt::RecurrentWrapper::generate";
+    check(max_new_tokens >= 0, where, "max_new_tokens must be >= 0, got ", max_new_tokens);
+    Tail t = start_tail(s, where, mode, max_new_tokens);
     std::vector<std::int32_t> out;
     for (Index i = 0; i < max_new_tokens; ++i) {
       const T* row = t.logits.row(0);
       const std::int32_t next = std::int32_t(std::max_element(row, row + t.logits.cols()) - row);
       out.push_back(next);
-      advance(t, s, next);
+      advance(t, s, next, mode);
       if (next == stop) break;
     }
+    if (mode == Continuation::answer) s.finished_ = true;
     return out;
   }
 
@@ -274,45 +301,56 @@ class RecurrentWrapper {
   }
 
   // The tail of the state: [memory | buffered tokens] on a fresh cache, and the next-token logits
-  // (the previous segment's readout when nothing is buffered).
-  Tail start_tail(State& s, const char* where) const {
+  // after the last buffered token. An answer of `tokens` must fit the
+  // backbone's position table after the buffered segment.
+  Tail start_tail(State& s, const char* where, Continuation mode, Index tokens) const {
     check(s.model_ == this, where, "state belongs to another model");
     check(config().layout == Layout::decoder, where, "scoring and generation need the decoder layout (the encoder classifies)");
     check(s.options_.total_tokens == -1 && config().alignment == Alignment::left, where,
           "continuing a sequence needs left-aligned segments and no declared total_tokens");
-    check(!s.finished_, where, "the sequence is finished; reset() the state to start another");
+    check(!s.finished_, where, "the sequence is finished (by finish() or an answer continuation); reset() the state to start another");
     check(s.pushed_ > 0, where, "push at least one token before scoring or generating a continuation");
     const Index m = config().memory_tokens, b = Index(s.buffer_.size()), d = cell_.d_model();
+    const ModelConfig& bc = backbone().config;
+    check(mode != Continuation::answer || bc.positions != PositionKind::learned || m + b + tokens <= bc.max_positions, where,
+          "an answer of ", tokens, " tokens after [", m, " memory | ", b, " tokens] needs ", m + b + tokens,
+          " positions, the backbone's learned table has max_position_embeddings = ", bc.max_positions);
     Tail t;
     t.backbone = backbone().make_state();
     t.logits = Tensor<T>({1, backbone().config.vocab_size});
-    if (m + b > 0) {
-      t.x.reshape_rows(m + b, d);
-      View<T> x = t.x.view();
-      copy<T>(s.memory_.view(), x.middle_rows(0, m));
-      backbone().embed_tokens(s.buffer_, x.middle_rows(m, b));
-      run_rows(t, s, x, m, m + b);
-    }
-    if (b > 0) backbone().logits(ConstView<T>(t.x.view()).middle_rows(m + b - 1, 1), t.logits.view(), &s.flops);
-    else copy<T>(s.readout_.view(), t.logits.view());
+    // A pushed, unfinished sequence always buffers its last segment (held until a token follows it).
+    t.x.reshape_rows(m + b, d);
+    View<T> x = t.x.view();
+    copy<T>(s.memory_.view(), x.middle_rows(0, m));
+    backbone().embed_tokens(s.buffer_, x.middle_rows(m, b));
+    run_rows(t, s, x, m, m + b);
+    backbone().logits(ConstView<T>(x).middle_rows(m + b - 1, 1), t.logits.view(), &s.flops);
     return t;
   }
 
-  // Appends `token` to the sequence: one row on the tail's cache; a completed segment appends its
-  // write memory, becomes the state's memory and readout, and the tail restarts on the new memory.
-  void advance(Tail& t, State& s, std::int32_t token) const {
-    const Index m = config().memory_tokens, d = cell_.d_model(), seg = config().segment_size;
+  // Appends `token` to the sequence: one row on the tail's cache. Streaming, a full segment is first
+  // completed (close_segment); an answer only grows the segment.
+  void advance(Tail& t, State& s, std::int32_t token, Continuation mode) const {
+    if (mode == Continuation::stream && Index(s.buffer_.size()) == config().segment_size) close_segment(t, s);
     s.buffer_.push_back(token);
     ++s.pushed_;
-    const bool complete = Index(s.buffer_.size()) == seg;
-    t.x.reshape_rows(complete ? 1 + m : 1, d);
+    t.x.reshape_rows(1, cell_.d_model());
     View<T> x = t.x.view();
-    backbone().embed_tokens(std::span<const std::int32_t>(&token, 1), x.middle_rows(0, 1));
-    if (complete) copy<T>(s.memory_.view(), x.middle_rows(1, m));
-    run_rows(t, s, x, 0, complete ? 1 : x.rows());
-    backbone().logits(ConstView<T>(x).middle_rows(0, 1), t.logits.view(), &s.flops);
-    if (!complete) return;
-    copy(ConstView<T>(x).middle_rows(1, m), s.memory_.view());
+    backbone().embed_tokens(std::span<const std::int32_t>(&token, 1), x);
+    run_rows(t, s, x, 0, 1);
+    backbone().logits(ConstView<T>(x), t.logits.view(), &s.flops);
+  }
+
+  // The full segment on the tail's cache appends its write memory, which becomes the state's memory
+  // (the readout: the logits after its last token); the tail restarts on the new memory.
+  void close_segment(Tail& t, State& s) const {
+    const Index m = config().memory_tokens, d = cell_.d_model(), seg = config().segment_size;
+    if (m > 0) {
+      t.x.reshape_rows(m, d);
+      copy<T>(s.memory_.view(), t.x.view());
+      run_rows(t, s, t.x.view(), 0, 0);
+      copy(ConstView<T>(t.x.view()), s.memory_.view());
+    }
     if (s.readout_.rank() != 2 || s.readout_.cols() != t.logits.cols()) s.readout_ = Tensor<T>({1, t.logits.cols()});
     copy<T>(t.logits.view(), s.readout_.view());
     s.processed_ += seg;

@@ -39,13 +39,21 @@ inline std::vector<Segment> split(Index n, Index s, Alignment alignment) {
 }
 
 /// The streaming loop of the recurrent wrappers: appends `tokens` to the incomplete segment in
-/// `buffer` and calls run(segment) for every segment they complete (next_size() gives the size of
-/// the segment being filled). A whole segment found in `tokens` runs without a copy.
+/// `buffer` and calls run(segment) for every segment they complete and a token follows (next_size()
+/// gives the size of the segment being filled). A completed segment stays in `buffer` until the next
+/// token arrives: the sequence may end there, and an answer then continues that segment as the
+/// official RMT generate does (rmt::Continuation::answer). A whole segment found in `tokens` with
+/// more tokens after it runs without a copy.
 template <class NextSize, class Run>
 void feed_segments(std::span<const std::int32_t> tokens, std::vector<std::int32_t>& buffer, NextSize&& next_size, Run&& run) {
   while (!tokens.empty()) {
     const std::size_t size = std::size_t(next_size());
-    if (buffer.empty() && tokens.size() >= size) {
+    if (buffer.size() == size) {  // the held segment is followed by a token: it runs now
+      run(std::span<const std::int32_t>(buffer));
+      buffer.clear();
+      continue;
+    }
+    if (buffer.empty() && tokens.size() > size) {
       run(tokens.first(size));
       tokens = tokens.subspan(size);
       continue;
@@ -53,10 +61,6 @@ void feed_segments(std::span<const std::int32_t> tokens, std::vector<std::int32_
     const std::size_t take = std::min(size - buffer.size(), tokens.size());
     buffer.insert(buffer.end(), tokens.begin(), tokens.begin() + std::ptrdiff_t(take));
     tokens = tokens.subspan(take);
-    if (buffer.size() == size) {
-      run(std::span<const std::int32_t>(buffer));
-      buffer.clear();
-    }
   }
 }
 
