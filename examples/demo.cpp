@@ -49,16 +49,16 @@ Measurement read_with_decoder(const Decoder<float>& model, const CachePolicy<flo
   return m;
 }
 
-// A trained RMT (or ARMT) reads a long fact-memorization document and answers the question by
+// A trained RMT (or ARMT) reads a long document of its memory task and answers the question by
 // greedy generation; `samples` documents of `length` tokens (held-out seeds), each printed with the
 // most likely of the six places as well (the choice the accuracy tables score: a byte-level model
 // can know the place and still misspell it, e.g. a doubled letter, when it generates).
 template <class W>
-void trained_rmt_answers(const W& model, Index length, int samples) {
+void trained_rmt_answers(const W& model, tasks::Task task, Index length, int samples) {
   const tasks::Corpus corpus = tasks::Corpus::fortunes();
   int correct = 0, choices = 0;
   for (int i = 0; i < samples; ++i) {
-    tasks::TaskOptions t{tasks::Task::fact_memorization, length, model.segment_size()};
+    tasks::TaskOptions t{task, length, model.segment_size()};
     tasks::SampleStream stream(corpus, t, tasks::mix_seed(0xDE30'0000ull + std::uint64_t(i)));
     auto s = model.make_state();
     std::vector<std::int32_t> chunk(std::size_t(std::min<Index>(length, 1 << 16)));
@@ -76,8 +76,10 @@ void trained_rmt_answers(const W& model, Index length, int samples) {
     while (!text.empty() && text.front() == ' ') text.erase(0, 1);
     const bool ok = text == stream.info().answer_text();
     correct += ok;
-    std::printf("  \"%s\" ... %td tokens of fortunes ... \"%s\" -> \"%s\" %s; most likely place: %s %s (read in %.1f s, %.0f tokens/s, state %.1f KiB)\n",
-                stream.info().facts[0].c_str(), length, stream.info().question.c_str(), text.c_str(), ok ? "correct" : "WRONG",
+    std::string facts;
+    for (const std::string& f : stream.info().facts) facts += (facts.empty() ? "\"" : " ... \"") + f + "\"";
+    std::printf("  %s ... %td tokens of fortunes ... \"%s\" -> \"%s\" %s; most likely place: %s %s (read in %.1f s, %.0f tokens/s, state %.1f KiB)\n",
+                facts.c_str(), length, stream.info().question.c_str(), text.c_str(), ok ? "correct" : "WRONG",
                 std::string(tasks::kPlaces[std::size_t(choice)]).c_str(), choice == stream.info().answer ? "correct" : "WRONG", read_s,
                 double(length) / read_s, double(s.peak_bytes()) / 1024.0);
   }
@@ -91,8 +93,9 @@ int main(int argc, char** argv) {
   std::string namm_weights, namm_budget;
 #ifdef ENGRAM_RMT_TRAINED_DIR
   std::string rmt_model_dir = std::string(ENGRAM_RMT_TRAINED_DIR) + "/fact_memorization";
+  std::string rmt_reasoning_dir = std::string(ENGRAM_RMT_TRAINED_DIR) + "/reasoning";
 #else
-  std::string rmt_model_dir;
+  std::string rmt_model_dir, rmt_reasoning_dir;
 #endif
   bool long_run = false;
   return cli::run(
@@ -108,7 +111,8 @@ int main(int argc, char** argv) {
                        "NAMM hard cap: tokens or a ratio of the tokens seen (default: 0.25 with random weights, which on their "
                        "own evict little; none with --namm-weights)")
             ->check(examples::budget_validator());
-        app.add_option("--rmt-model", rmt_model_dir, "trained RMT/ARMT checkpoint for the answering part (engram-rmt-train's OUT/best)");
+        app.add_option("--rmt-model", rmt_model_dir, "trained fact-memorization RMT/ARMT checkpoint for the answering part (engram-rmt-train's OUT/best)");
+        app.add_option("--rmt-reasoning-model", rmt_reasoning_dir, "trained reasoning RMT/ARMT checkpoint for the answering part (\"\": none)");
         app.add_flag("--long", long_run, "the trained RMT reads 1,048,576-token documents (default 65,536)");
       },
       [&] {
@@ -192,21 +196,23 @@ int main(int argc, char** argv) {
                     "Weights are random: this table is about cost; accuracy needs trained weights (engram-namm-evolve,\n"
                     "a converted evo-memory checkpoint, or the RMT tasks).\n");
 
-        // Trained weights: an RMT that remembers (tests/fixtures/rmt_trained, README for the command).
-        if (rmt_model_dir.empty() || !std::filesystem::exists(std::filesystem::path(rmt_model_dir) / "config.json")) {
-          std::printf("\n(no trained RMT checkpoint at \"%s\": --rmt-model DIR)\n", rmt_model_dir.c_str());
-          return 0;
-        }
+        // Trained weights: RMTs that remember (tests/fixtures/rmt_trained, README for the commands).
         const Index length = long_run ? Index(1) << 20 : Index(1) << 16;
-        const json::Value cfg = read_json_file(std::filesystem::path(rmt_model_dir) / "config.json");
-        if (cfg.find("armt")) {
-          const auto trained = rmt::load_armt<float>(rmt_model_dir);
-          std::printf("\ntrained %s reads documents of %td tokens, then answers by greedy generation:\n", trained.describe().c_str(), length);
-          trained_rmt_answers(trained, length, long_run ? 3 : 5);
-        } else {
-          const auto trained = rmt::load<float>(rmt_model_dir);
-          std::printf("\ntrained %s reads documents of %td tokens, then answers by greedy generation:\n", trained.describe().c_str(), length);
-          trained_rmt_answers(trained, length, long_run ? 3 : 5);
+        const std::pair<tasks::Task, std::string> trained[] = {{tasks::Task::fact_memorization, rmt_model_dir},
+                                                               {tasks::Task::reasoning, rmt_reasoning_dir}};
+        for (const auto& [task, dir] : trained) {
+          if (dir.empty() || !std::filesystem::exists(std::filesystem::path(dir) / "config.json")) {
+            if (task == tasks::Task::fact_memorization) std::printf("\n(no trained RMT checkpoint at \"%s\": --rmt-model DIR)\n", dir.c_str());
+            continue;
+          }
+          const json::Value cfg = read_json_file(std::filesystem::path(dir) / "config.json");
+          const auto run = [&](const auto& model) {
+            std::printf("\ntrained %s, %s: reads documents of %td tokens, then answers by greedy generation:\n", model.describe().c_str(),
+                        std::string(tasks::name(task)).c_str(), length);
+            trained_rmt_answers(model, task, length, long_run ? 3 : 5);
+          };
+          if (cfg.find("armt")) run(rmt::load_armt<float>(dir));
+          else run(rmt::load<float>(dir));
         }
         return 0;
       });
