@@ -76,8 +76,33 @@ T reduce_max(const batch<T>& b) {
 }
 
 /// exp with xsimd's polynomial (max relative error ~1e-7 in float); exp(-inf) = 0.
+///
+/// In float on AVX-512, the same range reduction and polynomial as xsimd::exp (so the same
+/// results wherever exp(x) is a normal float), but 2^k applied by one scalef instead of
+/// xsimd's integer ldexp and its two compare-and-select fix-ups for overflow and underflow: the
+/// input is clamped to [-104, 89] first (exp(-104) rounds to 0, exp(89) overflows to inf; NaN passes
+/// through both clamps), and scalef rounds the few denormal results (x below -87.3) correctly
+/// where xsimd returns 0. Six fewer instructions of about twenty: the softmax of a narrow head
+/// (the NAMM scorer's 32) spends a fifth of its time in exp.
 template <class T>
 batch<T> exp(const batch<T>& x) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && batch<T>::size == 16) {
+    using F = batch<float>;
+    // max(lo, x) and min(hi, x) return their second operand when one is NaN: NaN stays NaN.
+    const F a(_mm512_min_ps(_mm512_set1_ps(89.f), _mm512_max_ps(_mm512_set1_ps(-104.f), x)));
+    // xsimd's exp_reduction<float, exp_tag>, operation for operation.
+    const F k = xsimd::nearbyint(xsimd::constants::invlog_2<F>() * a);
+    F r = xsimd::fnma(k, xsimd::constants::log_2hi<F>(), a);
+    r = xsimd::fnma(k, xsimd::constants::log_2lo<F>(), r);
+    F y = xsimd::fma(r, F(1.3997796e-03f), F(8.3955629e-03f));
+    y = xsimd::fma(r, y, F(4.1665401e-02f));
+    y = xsimd::fma(r, y, F(1.6666277e-01f));
+    y = xsimd::fma(r, y, F(5.0000000e-01f));
+    const F p = xsimd::fma(y, r * r, r) + F(1.f);
+    return F(_mm512_scalef_ps(p, k));
+  }
+#endif
   return xsimd::exp(x);
 }
 
