@@ -77,8 +77,11 @@ void trained_rmt_answers(const W& model, tasks::Task task, Index length, int sam
     const bool ok = text == stream.info().answer_text();
     correct += ok;
     std::string facts;
-    for (const std::string& f : stream.info().facts) facts += (facts.empty() ? "\"" : " ... \"") + f + "\"";
-    std::printf("  %s ... %td tokens of fortunes ... \"%s\" -> \"%s\" %s; most likely place: %s %s (read in %.1f s, %.0f tokens/s, state %.1f KiB)\n",
+    // Where each fact lies: at the start (memorization) or anywhere in the document (detection, reasoning).
+    for (std::size_t f = 0; f < stream.info().facts.size(); ++f)
+      facts += (facts.empty() ? "\"" : " ... \"") + stream.info().facts[f] + "\" (token " +
+               std::to_string(stream.info().fact_spans[f].begin) + ")";
+    std::printf("  %s ... %td tokens in all, fortunes around ... \"%s\" -> \"%s\" %s; most likely place: %s %s (read in %.1f s, %.0f tokens/s, state %.1f KiB)\n",
                 facts.c_str(), length, stream.info().question.c_str(), text.c_str(), ok ? "correct" : "WRONG",
                 std::string(tasks::kPlaces[std::size_t(choice)]).c_str(), choice == stream.info().answer ? "correct" : "WRONG", read_s,
                 double(length) / read_s, double(s.peak_bytes()) / 1024.0);
@@ -93,9 +96,10 @@ int main(int argc, char** argv) {
   std::string namm_weights, namm_budget;
 #ifdef ENGRAM_RMT_TRAINED_DIR
   std::string rmt_model_dir = std::string(ENGRAM_RMT_TRAINED_DIR) + "/fact_memorization";
+  std::string rmt_detection_dir = std::string(ENGRAM_RMT_TRAINED_DIR) + "/fact_detection";
   std::string rmt_reasoning_dir = std::string(ENGRAM_RMT_TRAINED_DIR) + "/reasoning";
 #else
-  std::string rmt_model_dir, rmt_reasoning_dir;
+  std::string rmt_model_dir, rmt_detection_dir, rmt_reasoning_dir;
 #endif
   bool long_run = false;
   return cli::run(
@@ -112,6 +116,7 @@ int main(int argc, char** argv) {
                        "own evict little; none with --namm-weights)")
             ->check(examples::budget_validator());
         app.add_option("--rmt-model", rmt_model_dir, "trained fact-memorization RMT/ARMT checkpoint for the answering part (engram-rmt-train's OUT/best)");
+        app.add_option("--rmt-detection-model", rmt_detection_dir, "trained fact-detection RMT/ARMT checkpoint for the answering part (\"\": none)");
         app.add_option("--rmt-reasoning-model", rmt_reasoning_dir, "trained reasoning RMT/ARMT checkpoint for the answering part (\"\": none)");
         app.add_flag("--long", long_run, "the trained RMT reads 1,048,576-token documents (default 65,536)");
       },
@@ -199,6 +204,7 @@ int main(int argc, char** argv) {
         // Trained weights: RMTs that remember (tests/fixtures/rmt_trained, README for the commands).
         const Index length = long_run ? Index(1) << 20 : Index(1) << 16;
         const std::pair<tasks::Task, std::string> trained[] = {{tasks::Task::fact_memorization, rmt_model_dir},
+                                                               {tasks::Task::fact_detection, rmt_detection_dir},
                                                                {tasks::Task::reasoning, rmt_reasoning_dir}};
         for (const auto& [task, dir] : trained) {
           if (dir.empty() || !std::filesystem::exists(std::filesystem::path(dir) / "config.json")) {
